@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command (README): sets up everything on a fresh machine, then runs
+# lint, layering contracts, type checks, the Rego checks and the whole pytest
+# suite against a real local control plane, a real PostgreSQL and a real opa.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '\n== %s (%ss)\n' "$*" "$SECONDS" >&2; }
+
+log "python venv and dependencies"
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -U pip >/dev/null
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+log "ruff"
+.venv/bin/ruff check src tests bench hack
+log "import-linter (layering contracts)"
+.venv/bin/lint-imports
+log "mypy --strict (domain, application)"
+.venv/bin/mypy
+
+log "kube-apiserver, kube-controller-manager, etcd, opa from Go modules"
+KEXEC_BIN_DIR="$(bash hack/build-binaries.sh | tail -n 1)"
+export KEXEC_BIN_DIR
+log "PostgreSQL"
+bash hack/ensure-postgres.sh >/dev/null
+log "opa check --strict / opa test on policies/"
+bash hack/policy-check.sh
+
+log "pytest"
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+log "done (pytest exit $rc)"
+exit $rc

@@ -1,0 +1,230 @@
+# Configuration of the safety policy: data.kexec.config (policies/data.json,
+# or the data.json key of the safety-policies ConfigMap). Every knob is
+# required; there are no defaults hidden in Rego, policies/data.json is the one
+# place that states them.
+#
+# Validation has two levels, because the embedded engine (rego-cpp) evaluates
+# every rule on every decision and a full validation costs several ms there:
+#   - config_ok: one cheap rule body evaluated on every decision (all knobs
+#     present with the right types, numbers in range, freeze windows and
+#     business hours well-formed). If it fails, every execution is denied
+#     (violation invalid_config): a broken configuration never loosens the
+#     policy.
+#   - config_errors: the detailed messages, computed only when config_ok fails,
+#     and checked when a policy set is loaded (the reloader rejects a set with
+#     errors) and in CI (opa test).
+package kexec.safety
+
+config := data.kexec.config
+
+_config_types := {
+	"protected_namespaces": "array",
+	"trusted_namespaces": "array",
+	"max_replicas": "number",
+	"critical_label_key": "string",
+	"critical_label_value": "string",
+	"critical_min_replicas": "number",
+	"min_ready_schedulable_nodes": "number",
+	"count_control_plane_nodes": "boolean",
+	"control_plane_labels": "array",
+	"max_other_unschedulable_nodes_for_drain": "number",
+	"production_label_key": "string",
+	"production_label_value": "string",
+	"destructive_actions": "array",
+	"sensitive_changes_scope": "string",
+	"approval_required_actions": "array",
+	"workload_kinds": "array",
+	"freeze_windows": "array",
+	"freeze_exempt_actions": "array",
+	"business_hours": "object",
+	"apply_manifest_allowed_kinds": "array",
+	"max_concurrent_per_namespace": "number",
+	"emergency_override_annotation": "string",
+	"allow_bare_pod_deletion": "boolean",
+}
+
+_max_count := 1000000
+
+# One rule body on purpose (see the header); keep it in step with _config_types.
+config_ok if {
+	is_object(config)
+	count(config) == 23
+	is_array(config.protected_namespaces)
+	is_array(config.trusted_namespaces)
+	_int_between(config.max_replicas, 0, _max_count)
+	is_string(config.critical_label_key)
+	config.critical_label_key != ""
+	is_string(config.critical_label_value)
+	_int_between(config.critical_min_replicas, 0, _max_count)
+	_int_between(config.min_ready_schedulable_nodes, 0, _max_count)
+	is_boolean(config.count_control_plane_nodes)
+	is_array(config.control_plane_labels)
+	_int_between(config.max_other_unschedulable_nodes_for_drain, 0, _max_count)
+	is_string(config.production_label_key)
+	config.production_label_key != ""
+	is_string(config.production_label_value)
+	is_array(config.destructive_actions)
+	config.sensitive_changes_scope in {"production", "all"}
+	is_array(config.approval_required_actions)
+	is_array(config.workload_kinds)
+	is_array(config.freeze_windows)
+	is_array(config.freeze_exempt_actions)
+	_valid_business_hours(config.business_hours)
+	is_array(config.apply_manifest_allowed_kinds)
+	_int_between(config.max_concurrent_per_namespace, 0, _max_count)
+	is_string(config.emergency_override_annotation)
+	config.emergency_override_annotation != ""
+	is_boolean(config.allow_bare_pod_deletion)
+	every w in config.freeze_windows {
+		_valid_window(w)
+	}
+}
+
+# --- validation -------------------------------------------------------------
+
+_rfc3339_re := `^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$`
+
+_int_between(x, lo, hi) if {
+	is_number(x)
+	x == floor(x)
+	lo <= x
+	x <= hi
+}
+
+_string_list(xs) if {
+	is_array(xs)
+	every x in xs {
+		is_string(x)
+	}
+}
+
+_weekday_list(xs) if {
+	is_array(xs)
+	every x in xs {
+		_int_between(x, 0, 6)
+	}
+}
+
+config_errors contains msg if {
+	not is_object(config)
+	msg := "data.kexec.config must be an object"
+}
+
+config_errors contains msg if {
+	is_object(config)
+	some key, _ in _config_types
+	not key in object.keys(config)
+	msg := sprintf("missing configuration key %s", [key])
+}
+
+config_errors contains msg if {
+	is_object(config)
+	some key, _ in config
+	not key in object.keys(_config_types)
+	msg := sprintf("unknown configuration key %v", [key])
+}
+
+config_errors contains msg if {
+	is_object(config)
+	some key, value in config
+	expected := _config_types[key]
+	type_name(value) != expected
+	msg := sprintf("configuration key %s must be of type %s, not %s", [key, expected, type_name(value)])
+}
+
+_list_keys := {
+	"protected_namespaces", "trusted_namespaces", "control_plane_labels", "destructive_actions",
+	"approval_required_actions", "workload_kinds", "freeze_exempt_actions", "apply_manifest_allowed_kinds",
+}
+
+config_errors contains msg if {
+	is_object(config)
+	some key in _list_keys
+	is_array(config[key])
+	not _string_list(config[key])
+	msg := sprintf("configuration key %s must be a list of strings", [key])
+}
+
+_count_keys := {
+	"max_replicas", "critical_min_replicas", "min_ready_schedulable_nodes",
+	"max_other_unschedulable_nodes_for_drain", "max_concurrent_per_namespace",
+}
+
+config_errors contains msg if {
+	is_object(config)
+	some key in _count_keys
+	is_number(config[key])
+	not _int_between(config[key], 0, _max_count)
+	msg := sprintf("configuration key %s must be a non-negative integer", [key])
+}
+
+config_errors contains msg if {
+	is_string(config.sensitive_changes_scope)
+	not config.sensitive_changes_scope in {"production", "all"}
+	msg := "configuration key sensitive_changes_scope must be \"production\" or \"all\""
+}
+
+config_errors contains msg if {
+	is_object(config)
+	some key in ["critical_label_key", "production_label_key", "emergency_override_annotation"]
+	config[key] == ""
+	msg := sprintf("configuration key %s must not be empty", [key])
+}
+
+config_errors contains msg if {
+	is_object(config.business_hours)
+	not _valid_business_hours(config.business_hours)
+	msg := "business_hours must be {enabled: bool, weekdays: [0-6], start_hour: 0-23, end_hour: 1-24, start_hour < end_hour}"
+}
+
+_valid_business_hours(bh) if {
+	is_object(bh)
+	count(bh) == 4
+	is_boolean(bh.enabled)
+	_weekday_list(bh.weekdays)
+	_int_between(bh.start_hour, 0, 23)
+	_int_between(bh.end_hour, 1, 24)
+	bh.start_hour < bh.end_hour
+}
+
+config_errors contains msg if {
+	is_array(config.freeze_windows)
+	some i, w in config.freeze_windows
+	not _valid_window(w)
+	msg := sprintf("freeze_windows[%d] must be {name?, weekdays: [0-6], start_hour: 0-23, end_hour: 0-24} (start_hour != end_hour) or {name?, start: RFC3339, end: RFC3339} (start < end)", [i])
+}
+
+_valid_window_name(w) if not "name" in object.keys(w)
+
+_valid_window_name(w) if is_string(w.name)
+
+_valid_window(w) if {
+	is_object(w)
+	_valid_window_name(w)
+	every key, _ in w {
+		key in {"name", "weekdays", "start_hour", "end_hour"}
+	}
+	_weekday_list(w.weekdays)
+	_int_between(w.start_hour, 0, 23)
+	_int_between(w.end_hour, 0, 24)
+	w.start_hour != w.end_hour
+}
+
+_valid_window(w) if {
+	is_object(w)
+	_valid_window_name(w)
+	every key, _ in w {
+		key in {"name", "start", "end"}
+	}
+	is_string(w.start)
+	is_string(w.end)
+	regex.match(_rfc3339_re, w.start)
+	regex.match(_rfc3339_re, w.end)
+	_rfc3339_ns(w.start) < _rfc3339_ns(w.end)
+}
+
+# time.parse_rfc3339_ns of regopy 1.5.2 does not accept the "Z" suffix (it
+# returns undefined); "+00:00" means the same and both engines accept it.
+_rfc3339_ns(s) := time.parse_rfc3339_ns(concat("", [trim_suffix(s, "Z"), "+00:00"])) if {
+	endswith(s, "Z")
+} else := time.parse_rfc3339_ns(s)

@@ -1,0 +1,247 @@
+# The safety rules. Each rule adds {"rule", "message"} objects to `violation`
+# (any violation denies) or reasons to `approval` (any reason requires
+# approval). policies/README.md documents every rule and its knobs.
+package kexec.safety
+
+# --- input and configuration sanity (fail closed) ---------------------------------
+
+# input_ok and config_ok are the cheap checks; the detailed messages are only
+# computed when they fail. A failure without a message still denies.
+violation contains {"rule": "invalid_input", "message": msg} if {
+	not input_ok
+	some msg in _input_messages
+}
+
+_input_messages := input_errors if count(input_errors) > 0
+
+else := {"input does not match the documented schema"}
+
+violation contains {"rule": "invalid_config", "message": msg} if {
+	not config_ok
+	some msg in _config_messages
+}
+
+_config_messages := config_errors if count(config_errors) > 0
+
+else := {"data.kexec.config is invalid"}
+
+violation contains {"rule": "unknown_action", "message": sprintf("unknown action %v", [action])} if {
+	not action in actions
+}
+
+# --- namespaces ----------------------------------------------------------------
+
+violation contains {"rule": "protected_namespace", "message": msg} if {
+	some ns in target_namespaces
+	ns in config.protected_namespaces
+	msg := sprintf("namespace %s is protected", [ns])
+}
+
+_trusted_requester if input.execution.namespace in config.trusted_namespaces
+
+violation contains {"rule": "namespace_scope", "message": msg} if {
+	not _trusted_requester
+	action in node_actions
+	msg := sprintf("node actions may only be requested from a trusted namespace, not %v", [input.execution.namespace])
+}
+
+violation contains {"rule": "namespace_scope", "message": msg} if {
+	not _trusted_requester
+	not action in node_actions
+	object.get(input, ["target", "namespace"], "") == ""
+	msg := sprintf("cluster-scoped targets may only be changed from a trusted namespace, not %v", [input.execution.namespace])
+}
+
+violation contains {"rule": "namespace_scope", "message": msg} if {
+	not _trusted_requester
+	some ns in target_namespaces
+	ns != input.execution.namespace
+	msg := sprintf("an execution in namespace %v may not act on namespace %s", [input.execution.namespace, ns])
+}
+
+violation contains {"rule": "rate_limit", "message": msg} if {
+	active := object.get(input, ["cluster", "activeExecutions", input.execution.namespace], 0)
+	is_number(active)
+	is_number(config.max_concurrent_per_namespace)
+	active >= config.max_concurrent_per_namespace
+	msg := sprintf(
+		"namespace %s already has %v active executions (max %v)",
+		[input.execution.namespace, active, config.max_concurrent_per_namespace],
+	)
+}
+
+# --- replicas -------------------------------------------------------------------
+
+violation contains {"rule": "max_replicas", "message": msg} if {
+	some r in desired_replicas
+	is_number(r)
+	is_number(config.max_replicas)
+	r > config.max_replicas
+	msg := sprintf("desired replicas %v exceed the maximum of %v", [r, config.max_replicas])
+}
+
+violation contains {"rule": "critical_scale_to_zero", "message": msg} if {
+	critical_workload
+	some r in desired_replicas
+	r == 0
+	msg := sprintf("workloads labelled %s=%s may not be scaled to zero", [config.critical_label_key, config.critical_label_value])
+}
+
+violation contains {"rule": "critical_min_replicas", "message": msg} if {
+	critical_workload
+	some r in desired_replicas
+	is_number(r)
+	r > 0
+	is_number(config.critical_min_replicas)
+	r < config.critical_min_replicas
+	msg := sprintf(
+		"workloads labelled %s=%s need at least %v replicas, not %v",
+		[config.critical_label_key, config.critical_label_value, config.critical_min_replicas, r],
+	)
+}
+
+# --- pods -----------------------------------------------------------------------
+
+_owner_references := refs if {
+	refs := target_object.metadata.ownerReferences
+	is_array(refs)
+} else := []
+
+violation contains {"rule": "bare_pod", "message": msg} if {
+	action == "delete_pod"
+	not config.allow_bare_pod_deletion
+	count(_owner_references) == 0
+	msg := sprintf("pod %v has no owner and would not be recreated", [object.get(input, ["target", "name"], "")])
+}
+
+# --- nodes ----------------------------------------------------------------------
+
+_nodes := ns if {
+	ns := input.cluster.nodes
+	is_array(ns)
+} else := []
+
+_control_plane_node if {
+	some node in _nodes
+	node.name in target_node_names
+	node.controlPlane == true
+}
+
+_control_plane_node if {
+	some label in config.control_plane_labels
+	label in object.keys(target_labels)
+}
+
+violation contains {"rule": "control_plane_node", "message": msg} if {
+	action in node_removing_actions
+	_control_plane_node
+	msg := sprintf("%s of control-plane node %v is not allowed", [action, object.get(input, ["target", "name"], "")])
+}
+
+_counts_toward_capacity(node) if {
+	node.ready == true
+	node.unschedulable == false
+	not node.name in target_node_names
+	not node.controlPlane == true
+}
+
+_counts_toward_capacity(node) if {
+	node.ready == true
+	node.unschedulable == false
+	not node.name in target_node_names
+	node.controlPlane == true
+	config.count_control_plane_nodes == true
+}
+
+# Ready schedulable nodes left once the target node is unschedulable.
+schedulable_nodes_after := count([node | some node in _nodes; _counts_toward_capacity(node)])
+
+violation contains {"rule": "min_schedulable_nodes", "message": msg} if {
+	action in node_removing_actions
+	is_number(config.min_ready_schedulable_nodes)
+	schedulable_nodes_after < config.min_ready_schedulable_nodes
+	msg := sprintf(
+		"%s would leave %v ready schedulable nodes (minimum %v)",
+		[action, schedulable_nodes_after, config.min_ready_schedulable_nodes],
+	)
+}
+
+# Another node that is unschedulable (cordoned, possibly being drained) blocks
+# a drain: the policy cannot tell a cordon from a drain in progress.
+_other_unschedulable_nodes := sort([node.name |
+	some node in _nodes
+	node.unschedulable == true
+	not node.name in target_node_names
+])
+
+violation contains {"rule": "concurrent_drain", "message": msg} if {
+	action == "drain_node"
+	is_number(config.max_other_unschedulable_nodes_for_drain)
+	count(_other_unschedulable_nodes) > config.max_other_unschedulable_nodes_for_drain
+	msg := sprintf("other nodes are unschedulable (cordoned or draining): %v", [_other_unschedulable_nodes])
+}
+
+# --- manifests ------------------------------------------------------------------
+
+violation contains {"rule": "manifest_kind_not_allowed", "message": msg} if {
+	action == "apply_manifest"
+	some kind in {object.get(manifest, "kind", ""), object.get(input, ["target", "kind"], "")}
+	not kind in config.apply_manifest_allowed_kinds
+	msg := sprintf("apply_manifest of kind %v is not allowed", [kind])
+}
+
+# --- time windows -----------------------------------------------------------------
+
+_time_violation contains {"rule": "change_freeze", "message": msg} if {
+	not action in config.freeze_exempt_actions
+	some w in config.freeze_windows
+	_valid_window(w)
+	in_window(w)
+	msg := sprintf("change freeze %v is in effect", [object.get(w, "name", "unnamed")])
+}
+
+_time_violation contains {"rule": "outside_business_hours", "message": msg} if {
+	config.business_hours.enabled == true
+	_valid_business_hours(config.business_hours)
+	valid_time
+	destructive
+	not in_business_hours
+	msg := "destructive actions are only allowed during business hours"
+}
+
+# The emergency override turns time-window denials into an approval requirement.
+violation contains v if {
+	not emergency_override
+	some v in _time_violation
+}
+
+approval contains "emergency_override" if {
+	emergency_override
+	count(_time_violation) > 0
+}
+
+# --- approval ---------------------------------------------------------------------
+
+approval contains "production_destructive" if {
+	production_namespace
+	destructive
+}
+
+_sensitive_scope if config.sensitive_changes_scope == "all"
+
+_sensitive_scope if {
+	config.sensitive_changes_scope == "production"
+	production_namespace
+}
+
+approval contains "sensitive_change" if {
+	sensitive_change
+	_sensitive_scope
+}
+
+approval contains "image_change" if {
+	image_change
+	_sensitive_scope
+}
+
+approval contains "action_requires_approval" if action in config.approval_required_actions

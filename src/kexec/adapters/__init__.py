@@ -1,0 +1,1 @@
+"""Adapters: the ports implemented for Kubernetes, OPA/Rego, PostgreSQL, time; and fakes."""

@@ -1,0 +1,1 @@
+"""Kubernetes adapters: the ClusterPort on kube-apiserver, the CRD and RBAC manifests."""

@@ -1,0 +1,516 @@
+"""ClusterPort on a real Kubernetes API server, through kubernetes-asyncio.
+
+One shared ApiClient; raw JSON in and out (objects stay plain dicts, as the
+domain expects); a client-side timeout on every call; impersonation of the
+per-action ServiceAccount for reads and server-side dry runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kexec.adapters.kubernetes.errors import classify
+from kexec.application.ports.cluster import (
+    AlreadyExists,
+    ClusterError,
+    Identity,
+    JobRequest,
+    JobState,
+    Unavailable,
+)
+from kexec.domain.execution import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    Execution,
+    iso,
+    parse_time,
+)
+from kexec.domain.resources import (
+    KINDS,
+    Create,
+    Delete,
+    Evict,
+    Get,
+    List,
+    Mutation,
+    ObjectRef,
+    Patch,
+    Read,
+    Replace,
+)
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {
+    "merge": "application/merge-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "json": "application/json-patch+json",
+    "apply": "application/apply-patch+yaml",
+}
+JOB_LABEL = "batch.kubernetes.io/job-name"
+RUNNER_CONTAINER = "runner"
+
+
+def action_role(action: str) -> str:
+    return "kexec-action-" + action.replace("_", "-")
+
+
+def path_for(kind: str, namespace: str = "", name: str = "", subresource: str = "") -> str:
+    info = KINDS[kind]
+    base = f"/apis/{info.group}/{info.version}" if info.group else f"/api/{info.version}"
+    if info.namespaced and namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{info.plural}"
+    if name:
+        base += f"/{name}"
+    if subresource:
+        base += f"/{subresource}"
+    return base
+
+
+def execution_path(namespace: str = "", name: str = "", subresource: str = "") -> str:
+    base = f"/apis/{GROUP}/{VERSION}"
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{PLURAL}"
+    if name:
+        base += f"/{name}"
+    if subresource:
+        base += f"/{subresource}"
+    return base
+
+
+def to_execution(obj: dict[str, Any]) -> Execution:
+    m = obj.get("metadata") or {}
+    return Execution(
+        namespace=m.get("namespace", ""),
+        name=m.get("name", ""),
+        uid=m.get("uid", ""),
+        generation=int(m.get("generation", 1) or 1),
+        resource_version=m.get("resourceVersion", ""),
+        created=parse_time(m.get("creationTimestamp")) or datetime.now(UTC),
+        labels=dict(m.get("labels") or {}),
+        annotations=dict(m.get("annotations") or {}),
+        finalizers=list(m.get("finalizers") or []),
+        deleting=bool(m.get("deletionTimestamp")),
+        spec=dict(obj.get("spec") or {}),
+        status=dict(obj.get("status") or {}),
+    )
+
+
+def from_execution(ex: Execution) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": ex.name, "namespace": ex.namespace}
+    if ex.resource_version:
+        meta["resourceVersion"] = ex.resource_version
+    if ex.uid:
+        meta["uid"] = ex.uid
+    if ex.labels:
+        meta["labels"] = ex.labels
+    if ex.annotations:
+        meta["annotations"] = ex.annotations
+    meta["finalizers"] = ex.finalizers
+    out: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta,
+                           "spec": ex.spec}
+    if ex.status:
+        out["status"] = ex.status
+    return out
+
+
+class _TTL:
+    """A tiny time-based cache for facts read on every validation (nodes, namespaces)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._data: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str) -> Any:
+        hit = self._data.get(key)
+        if hit and time.monotonic() - hit[0] < self.seconds:
+            return hit[1]
+        return None
+
+    def put(self, key: str, value: Any) -> None:
+        self._data[key] = (time.monotonic(), value)
+
+
+class KubernetesCluster:
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        controller_namespace: str = "kubernaut-system",
+        image: str = "kexec:latest",
+        runner_command: Sequence[str] = ("kexec", "runner"),
+        request_timeout: float = 10.0,
+        config_map: str = "kexec-config",
+        field_manager: str = "kexec",
+        execution_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
+        facts_ttl: float = 2.0,
+    ) -> None:
+        self.api = api
+        self.controller_namespace = controller_namespace
+        self.image = image
+        self.runner_command = list(runner_command)
+        self.timeout = request_timeout
+        self.config_map = config_map
+        self.field_manager = field_manager
+        self.execution_cache = execution_cache
+        self._ensured: set[tuple[str, str, str]] = set()
+        self._facts = _TTL(facts_ttl)
+        self.requests = 0
+        self.writes = 0
+
+    # --- transport -------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, Any]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        identity: Identity | None = None,
+        request_timeout: float | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        if identity is not None:
+            headers["Impersonate-User"] = identity.username
+        if content_type.endswith("yaml") and body is not None:
+            body = json.dumps(body)  # JSON is valid YAML; apply-patch accepts it
+        self.requests += 1
+        if method != "GET":
+            self.writes += 1
+        try:
+            data = await self.api.call_api(
+                path, method, query_params=list(query), header_params=headers, body=body,
+                response_types_map={200: "object", 201: "object", 202: "object"},
+                auth_settings=["BearerToken"], _return_http_data_only=True,
+                _request_timeout=request_timeout or self.timeout,
+            )
+        except ApiException as exc:
+            raise classify(exc.status, exc.body) from None
+        except (TimeoutError, OSError) as exc:
+            raise Unavailable(f"{method} {path}: {exc or type(exc).__name__}") from None
+        return data
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def read(self, read: Read, identity: Identity | None = None) -> Any:
+        if isinstance(read, Get):
+            ref = read.ref
+            try:
+                obj = await self.request("GET", path_for(ref.kind, ref.namespace, ref.name),
+                                         identity=identity)
+            except ClusterError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return obj
+        assert isinstance(read, List)
+        query = []
+        if read.field_selector:
+            query.append(("fieldSelector", read.field_selector))
+        if read.label_selector:
+            query.append(("labelSelector", read.label_selector))
+        doc = await self.request("GET", path_for(read.kind, read.namespace), query=query,
+                                 identity=identity)
+        info = KINDS[read.kind]
+        items = list(doc.get("items") or [])
+        for item in items:  # list items carry no kind; the domain reads it
+            item.setdefault("kind", read.kind)
+            item.setdefault("apiVersion", info.api_version)
+        return items
+
+    # --- writes ------------------------------------------------------------------------
+
+    async def mutate(
+        self, mutation: Mutation, *, identity: Identity | None = None, dry_run: bool = False
+    ) -> Any:
+        ref = mutation.ref
+        query: list[tuple[str, Any]] = [("dryRun", "All")] if dry_run else []
+        if isinstance(mutation, Evict):
+            body: dict[str, Any] = {
+                "apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": ref.name, "namespace": ref.namespace},
+            }
+            options: dict[str, Any] = {}
+            if mutation.grace_period_seconds is not None:
+                options["gracePeriodSeconds"] = mutation.grace_period_seconds
+            if dry_run:
+                options["dryRun"] = ["All"]
+            if options:
+                body["deleteOptions"] = options
+            return await self.request("POST", path_for("Pod", ref.namespace, ref.name, "eviction"),
+                                      query=query, body=body, identity=identity)
+        if isinstance(mutation, Delete):
+            opts: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions",
+                                    "propagationPolicy": "Background"}
+            if mutation.grace_period_seconds is not None:
+                opts["gracePeriodSeconds"] = mutation.grace_period_seconds
+            if mutation.uid:
+                opts["preconditions"] = {"uid": mutation.uid}
+            if dry_run:
+                opts["dryRun"] = ["All"]
+            return await self.request("DELETE", path_for(ref.kind, ref.namespace, ref.name),
+                                      query=query, body=opts, identity=identity)
+        if isinstance(mutation, Create):
+            return await self.request("POST", path_for(ref.kind, ref.namespace), query=query,
+                                      body=mutation.body, identity=identity)
+        if isinstance(mutation, Replace):
+            return await self.request(
+                "PUT", path_for(ref.kind, ref.namespace, ref.name, mutation.subresource),
+                query=query, body=mutation.body, identity=identity)
+        assert isinstance(mutation, Patch)
+        if mutation.patch_type == "apply":
+            query += [("fieldManager", self.field_manager), ("force", "true")]
+        return await self.request(
+            "PATCH", path_for(ref.kind, ref.namespace, ref.name, mutation.subresource),
+            query=query, body=mutation.body, content_type=CONTENT_TYPES[mutation.patch_type],
+            identity=identity)
+
+    async def _create(self, path: str, body: dict[str, Any]) -> None:
+        try:
+            await self.request("POST", path, body=body)
+        except AlreadyExists:
+            pass
+
+    async def ensure_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
+        key = (identity.username, action, target_namespace)
+        if key in self._ensured:
+            return
+        labels = {"app.kubernetes.io/managed-by": "kexec"}
+        await self._create(path_for("ServiceAccount", identity.namespace), {
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": identity.service_account, "namespace": identity.namespace,
+                         "labels": labels},
+        })
+        name = f"{action_role(action)}-{identity.namespace}"[:253]
+        binding = {
+            "metadata": {"name": name, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": action_role(action)},
+            "subjects": [{"kind": "ServiceAccount", "name": identity.service_account,
+                          "namespace": identity.namespace}],
+        }
+        if target_namespace:
+            binding["metadata"]["namespace"] = target_namespace
+            await self._create(path_for("RoleBinding", target_namespace),
+                               {"apiVersion": "rbac.authorization.k8s.io/v1",
+                                "kind": "RoleBinding", **binding})
+        else:
+            await self._create(path_for("ClusterRoleBinding"),
+                               {"apiVersion": "rbac.authorization.k8s.io/v1",
+                                "kind": "ClusterRoleBinding", **binding})
+        self._ensured.add(key)
+
+    # --- Jobs ----------------------------------------------------------------------------
+
+    def job_manifest(self, job: JobRequest) -> dict[str, Any]:
+        labels = {"app.kubernetes.io/managed-by": "kexec", **job.labels}
+        env = [{"name": k, "value": v} for k, v in sorted(job.env.items())]
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": job.name,
+                "namespace": job.namespace,
+                "labels": labels,
+                "ownerReferences": [{
+                    "apiVersion": API_VERSION, "kind": KIND, "name": job.execution_name,
+                    "uid": job.execution_uid, "controller": True, "blockOwnerDeletion": True,
+                }],
+            },
+            "spec": {
+                "backoffLimit": job.backoff_limit,
+                "activeDeadlineSeconds": job.active_deadline_seconds,
+                "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
+                "podFailurePolicy": {"rules": [
+                    # Exit code 2 = permanent failure: no retry.
+                    {"action": "FailJob", "onExitCodes": {
+                        "containerName": RUNNER_CONTAINER, "operator": "In", "values": [2]}},
+                    # Pod disruptions do not count against maxRetries.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": job.service_account,
+                        "restartPolicy": "Never",
+                        "enableServiceLinks": False,
+                        "securityContext": {
+                            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [{
+                            "name": RUNNER_CONTAINER,
+                            "image": self.image,
+                            "command": self.runner_command,
+                            "env": env,
+                            "terminationMessagePolicy": "File",
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "64Mi"},
+                                "limits": {"cpu": "500m", "memory": "256Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }],
+                    },
+                },
+            },
+        }
+
+    async def create_job(self, job: JobRequest) -> None:
+        await self._create(path_for("Job", job.namespace), self.job_manifest(job))
+
+    async def get_job(self, namespace: str, name: str) -> JobState | None:
+        job = await self.read(Get("job", _ref("Job", namespace, name)))
+        if job is None:
+            return None
+        status = job.get("status") or {}
+        finished, success, reason, message = False, False, "", ""
+        for cond in status.get("conditions") or []:
+            if cond.get("status") != "True":
+                continue
+            if cond.get("type") == "Complete":
+                finished, success = True, True
+            elif cond.get("type") == "Failed":
+                finished, reason, message = True, cond.get("reason", ""), cond.get("message", "")
+        state = JobState(name=name, active=int(status.get("active", 0) or 0),
+                         succeeded=int(status.get("succeeded", 0) or 0),
+                         failed=int(status.get("failed", 0) or 0), finished=finished,
+                         success=success, reason=reason, message=message)
+        if not finished:
+            return state
+        pods = await self.read(List("pods", "Pod", namespace, label_selector=f"{JOB_LABEL}={name}"))
+        pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp", ""))
+        pod_name, exit_code, report = "", None, None
+        for pod in reversed(pods):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated")
+                if cs.get("name") == RUNNER_CONTAINER and term:
+                    pod_name = pod["metadata"]["name"]
+                    exit_code = term.get("exitCode")
+                    try:
+                        parsed = json.loads(term.get("message") or "")
+                        report = parsed if isinstance(parsed, dict) else None
+                    except ValueError:
+                        report = {"message": (term.get("message") or "")[:1024]}
+                    break
+            if pod_name:
+                break
+        return JobState(name=name, active=state.active, succeeded=state.succeeded,
+                        failed=state.failed, finished=True, success=success, reason=reason,
+                        message=message, pod_name=pod_name, exit_code=exit_code, report=report)
+
+    # --- executions ---------------------------------------------------------------------
+
+    async def list_executions(self) -> list[Execution]:
+        if self.execution_cache is not None:
+            return [to_execution(o) for o in self.execution_cache()]
+        doc = await self.request("GET", execution_path())
+        return [to_execution(o) for o in doc.get("items") or []]
+
+    async def get_execution(self, namespace: str, name: str) -> Execution | None:
+        try:
+            return to_execution(await self.request("GET", execution_path(namespace, name)))
+        except ClusterError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create_execution(self, execution: Execution) -> Execution:
+        body = from_execution(execution)
+        body["metadata"].pop("finalizers", None)
+        body.pop("status", None)
+        return to_execution(await self.request("POST", execution_path(execution.namespace),
+                                               body=body))
+
+    async def update_execution(self, execution: Execution) -> Execution:
+        body = from_execution(execution)
+        body.pop("status", None)
+        return to_execution(await self.request(
+            "PUT", execution_path(execution.namespace, execution.name), body=body))
+
+    async def update_status(self, execution: Execution) -> Execution:
+        return to_execution(await self.request(
+            "PUT", execution_path(execution.namespace, execution.name, "status"),
+            body=from_execution(execution)))
+
+    async def emit_event(self, execution: Execution, type_: str, reason: str, message: str) -> None:
+        now = iso(datetime.now(UTC))
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{execution.name[:200]}.{uuid.uuid4().hex[:12]}",
+                         "namespace": execution.namespace},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": execution.name,
+                               "namespace": execution.namespace, "uid": execution.uid,
+                               "resourceVersion": execution.resource_version},
+            "reason": (reason or "Update")[:128], "message": message[:1024], "type": type_,
+            "source": {"component": "kexec"}, "reportingComponent": "kexec",
+            "reportingInstance": "kexec", "action": "Reconcile",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.request("POST", f"/api/v1/namespaces/{execution.namespace}/events",
+                               body=body)
+        except ClusterError as exc:  # events are best effort
+            log.warning("event for %s not recorded: %s", execution.key, exc)
+
+    async def cluster_facts(self, namespace: str) -> dict[str, Any]:
+        nodes = self._facts.get("nodes")
+        if nodes is None:
+            items = await self.read(List("nodes", "Node"))
+            nodes = [_node_fact(n) for n in items]
+            self._facts.put("nodes", nodes)
+        ns_fact = {"name": namespace, "labels": {}}
+        if namespace:
+            cached = self._facts.get(f"ns/{namespace}")
+            if cached is None:
+                obj = await self.read(Get("ns", _ref("Namespace", "", namespace)))
+                cached = {"name": namespace,
+                          "labels": dict(((obj or {}).get("metadata") or {}).get("labels") or {})}
+                self._facts.put(f"ns/{namespace}", cached)
+            ns_fact = cached
+        return {"nodes": nodes, "namespace": ns_fact}
+
+    async def paused(self) -> bool:
+        cached = self._facts.get("paused")
+        if cached is None:
+            cm = await self.read(Get("cm", _ref("ConfigMap", self.controller_namespace,
+                                                 self.config_map)))
+            cached = str(((cm or {}).get("data") or {}).get("paused", "")).lower() == "true"
+            self._facts.put("paused", cached)
+        return bool(cached)
+
+
+def _ref(kind: str, namespace: str, name: str) -> ObjectRef:
+    return ObjectRef(kind, namespace, name)
+
+
+def _node_fact(node: dict[str, Any]) -> dict[str, Any]:
+    conditions = (node.get("status") or {}).get("conditions") or []
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return {
+        "name": node["metadata"]["name"],
+        "ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
+        "unschedulable": bool((node.get("spec") or {}).get("unschedulable")),
+        "controlPlane": "node-role.kubernetes.io/control-plane" in labels,
+    }
+

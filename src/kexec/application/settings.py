@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Controller behaviour the use cases need (from flags/env in the entrypoints)."""
+
+    controller_namespace: str = "kubernaut-system"
+    trusted_namespaces: frozenset[str] = field(default_factory=lambda: frozenset({"kubernaut-system"}))
+    controller_id: str = "kexec"
+    approval_timeout_seconds: int = 3600
+    job_ttl_seconds: int = 3600
+    # Extra seconds the controller waits past the deadline for the Job to report.
+    deadline_grace_seconds: int = 10
+    requeue_busy_seconds: float = 2.0
+    requeue_poll_seconds: float = 1.0
+    requeue_policy_unavailable_seconds: float = 5.0
+    requeue_paused_seconds: float = 10.0
+    service_account_prefix: str = "kexec-"
+
+    def is_trusted(self, namespace: str) -> bool:
+        return namespace in self.trusted_namespaces or namespace == self.controller_namespace

@@ -1,0 +1,1 @@
+"""The domain: phases, actions, safety rules. Standard library only."""

@@ -1,0 +1,188 @@
+"""The shape every action module fills in, in one place.
+
+An action is a class with class-level facts (name, timeout, RBAC rules) and
+pure functions over plain data: parse the parameters, say what to read,
+judge preconditions, plan the exact mutations, judge postconditions, derive
+the rollback. Adding an action = one module + one line in the registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from kexec.domain.errors import FieldError, ValidationError
+from kexec.domain.fields import Fields
+from kexec.domain.resources import Change, Check, Get, Mutation, ObjectRef, Read, Rule, Snapshot
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter, as data: `kexec actions` prints it, the CRD schema is generated from it.
+
+    type: "label" (DNS-1123 label), "name" (DNS-1123 subdomain), "integer", "boolean",
+    "enum", "object", "patch" (object or array), "stringmap" (string or null values),
+    "ref" ({name}).
+    """
+
+    name: str
+    type: str
+    description: str = ""
+    required: bool = True
+    minimum: int | None = None
+    maximum: int | None = None
+    enum: tuple[str, ...] = ()
+    default: Any = None
+
+    def constraint(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f"{self.minimum}-{self.maximum}"
+        if self.minimum is not None:
+            return f">= {self.minimum}"
+        if self.enum:
+            return " | ".join(self.enum)
+        return {"label": "DNS-1123 label", "name": "DNS-1123 subdomain"}.get(self.type, "")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Facts about the execution an action may need (names, uid, time)."""
+
+    execution_name: str
+    execution_namespace: str
+    execution_uid: str
+    now_iso: str = ""
+
+
+@dataclass(frozen=True)
+class RollbackSpec:
+    """A ready-to-use spec for the inverse execution (status.rollback)."""
+
+    available: bool
+    action: str = ""
+    parameters: Mapping[str, Any] | None = None
+    note: str = ""
+
+    def to_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"available": self.available}
+        if self.action:
+            out["action"] = self.action
+        if self.parameters is not None:
+            out["parameters"] = dict(self.parameters)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+NO_ROLLBACK = RollbackSpec(available=False)
+
+
+class Action(ABC, Generic[P]):
+    name: ClassVar[str]  # snake_case, the spec.action value
+    key: ClassVar[str]  # camelCase, the one key of spec.parameters
+    description: ClassVar[str]
+    default_timeout_seconds: ClassVar[int]
+    rules: ClassVar[tuple[Rule, ...]]
+    params_doc: ClassVar[tuple[Param, ...]]
+    node_action: ClassVar[bool] = False
+    # Kinds whose values must never be recorded (update_secret).
+    sensitive: ClassVar[bool] = False
+
+    # --- parameters -----------------------------------------------------------------
+    def parse(self, raw: Any) -> P:
+        """Validate raw camelCase parameters; raise ValidationError naming every bad field."""
+        errors: list[FieldError] = []
+        fields = Fields(raw, f"spec.parameters.{self.key}", errors)
+        params = self._parse(fields)
+        fields.reject_unknown()
+        if errors:
+            raise ValidationError(errors)
+        return params
+
+    @abstractmethod
+    def _parse(self, f: Fields) -> P: ...
+
+    @abstractmethod
+    def to_dict(self, params: P) -> dict[str, Any]:
+        """Back to the camelCase parameter object (round-trips through parse)."""
+
+    # --- target and reads -----------------------------------------------------------
+    @abstractmethod
+    def target(self, params: P) -> ObjectRef: ...
+
+    def reads(self, params: P) -> tuple[Read, ...]:
+        """What to read before deciding; "target" is always the target object."""
+        return (Get("target", self.target(params)),)
+
+    # --- judgement --------------------------------------------------------------------
+    def preconditions(self, params: P, snap: Snapshot) -> list[Check]:
+        return [self._exists(snap)]
+
+    @abstractmethod
+    def plan(self, params: P, snap: Snapshot, ctx: Context) -> list[Mutation]:
+        """The exact mutations; dry-run at validation, performed by the runner."""
+
+    @abstractmethod
+    def postconditions(self, params: P, snap: Snapshot, result: Mapping[str, Any]) -> list[Check]:
+        """Judge the state after the change; ``result`` is the runner's report."""
+
+    @abstractmethod
+    def rollback(self, params: P, before: Snapshot, ctx: Context) -> RollbackSpec: ...
+
+    def summarize(self, obj: Any) -> dict[str, Any]:
+        """A short, redacted summary of the target for status and audit."""
+        return {}
+
+    def report(self, params: P, before: Snapshot) -> dict[str, Any]:
+        """Extra facts the runner reports for the postconditions (e.g. a template hash)."""
+        return {}
+
+    # Drain waits in the runner until its pods are gone (kubectl drain semantics).
+    wait_in_runner: ClassVar[bool] = False
+
+    def changes(self, params: P, before: Snapshot, after: Snapshot) -> list[Change]:
+        ref = self.target(params)
+        return [
+            Change(
+                ref.kind,
+                ref.namespace,
+                ref.name,
+                self.name,
+                self.summarize(before.get("target")),
+                self.summarize(after.get("target")),
+            )
+        ]
+
+    def guard(self, params: P, snap: Snapshot) -> dict[str, str]:
+        """What must still hold when the runner acts (else it refuses: TargetChanged).
+
+        Objects with a spec are guarded by metadata.generation (status churn is
+        fine); data objects by resourceVersion.
+        """
+        obj = snap.get("target")
+        if not isinstance(obj, dict):
+            return {}
+        m = obj.get("metadata", {})
+        if "generation" in m:
+            return {"generation": str(m["generation"])}
+        return {"resourceVersion": str(m.get("resourceVersion", ""))}
+
+    # --- helpers ------------------------------------------------------------------------
+    def _exists(self, snap: Snapshot) -> Check:
+        found = snap.get("target") is not None
+        return Check("TargetExists", found, "" if found else "target not found")
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "action": cls.name,
+            "parameters": [dict(p.__dict__, enum=list(p.enum)) for p in cls.params_doc],
+            "rules": [r.to_k8s() for r in cls.rules],
+            "timeoutSeconds": cls.default_timeout_seconds,
+            "nodeAction": cls.node_action,
+            "description": cls.description,
+        }

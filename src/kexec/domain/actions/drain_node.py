@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kexec.domain.actions._workload import controller_of, is_unschedulable, node_summary
+from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
+from kexec.domain.fields import Fields
+from kexec.domain.resources import (
+    Check,
+    Evict,
+    Get,
+    List,
+    Mutation,
+    ObjectRef,
+    Patch,
+    Read,
+    Rule,
+    Snapshot,
+    dig,
+    meta,
+)
+
+MIRROR = "kubernetes.io/config.mirror"
+
+
+@dataclass(frozen=True)
+class DrainParams:
+    node: str
+    grace_period_seconds: int | None
+    ignore_daemon_sets: bool
+    delete_empty_dir_data: bool
+    force: bool
+
+
+def _finished(pod: dict[str, Any]) -> bool:
+    return dig(pod, "status", "phase") in ("Succeeded", "Failed")
+
+
+class DrainNode(Action[DrainParams]):
+    """`kubectl drain` semantics: cordon, then evict through the Eviction API."""
+
+    name = "drain_node"
+    key = "drainNode"
+    description = "Cordon a Node and evict its pods through the Eviction API (PDBs honoured)."
+    default_timeout_seconds = 900
+    node_action = True
+    wait_in_runner = True
+    params_doc = (
+        Param("node", "name", "Node name"),
+        Param("gracePeriodSeconds", "integer", "pod termination grace period", required=False,
+              minimum=0, maximum=3600),
+        Param("ignoreDaemonSets", "boolean", "skip DaemonSet pods", required=False, default=True),
+        Param("deleteEmptyDirData", "boolean", "evict pods with emptyDir data", required=False,
+              default=False),
+        Param("force", "boolean", "also evict pods without a controller", required=False,
+              default=False),
+    )
+    rules = (
+        Rule(("",), ("nodes",), ("get", "patch")),
+        Rule(("",), ("pods",), ("get", "list")),
+        Rule(("",), ("pods/eviction",), ("create",)),
+    )
+
+    def _parse(self, f: Fields) -> DrainParams:
+        return DrainParams(
+            f.name("node"),
+            f.optional_integer("gracePeriodSeconds", 0, 3600),
+            f.boolean("ignoreDaemonSets", True),
+            f.boolean("deleteEmptyDirData", False),
+            f.boolean("force", False),
+        )
+
+    def to_dict(self, p: DrainParams) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "node": p.node,
+            "ignoreDaemonSets": p.ignore_daemon_sets,
+            "deleteEmptyDirData": p.delete_empty_dir_data,
+            "force": p.force,
+        }
+        if p.grace_period_seconds is not None:
+            out["gracePeriodSeconds"] = p.grace_period_seconds
+        return out
+
+    def target(self, p: DrainParams) -> ObjectRef:
+        return ObjectRef("Node", "", p.node)
+
+    def reads(self, p: DrainParams) -> tuple[Read, ...]:
+        return (
+            Get("target", self.target(p)),
+            List("pods", "Pod", field_selector=f"spec.nodeName={p.node}"),
+        )
+
+    def classify(self, p: DrainParams, pods: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Split the node's pods into (to evict, blocking problems), as kubectl drain does."""
+        evict: list[dict[str, Any]] = []
+        problems: list[str] = []
+        for pod in pods:
+            m = meta(pod)
+            if MIRROR in (m.get("annotations") or {}) or m.get("deletionTimestamp"):
+                continue
+            ident = f"{m.get('namespace')}/{m.get('name')}"
+            owner = controller_of(pod)
+            if owner and owner.get("kind") == "DaemonSet":
+                if not p.ignore_daemon_sets:
+                    problems.append(f"{ident} is managed by a DaemonSet (set ignoreDaemonSets)")
+                continue
+            if owner is None and not _finished(pod) and not p.force:
+                problems.append(f"{ident} has no controller (set force to evict it)")
+                continue
+            volumes = dig(pod, "spec", "volumes", default=[]) or []
+            if any("emptyDir" in v for v in volumes if isinstance(v, dict)) and not (
+                p.delete_empty_dir_data or _finished(pod)
+            ):
+                problems.append(f"{ident} uses emptyDir data (set deleteEmptyDirData)")
+                continue
+            evict.append(pod)
+        return evict, problems
+
+    def preconditions(self, p: DrainParams, snap: Snapshot) -> list[Check]:
+        checks = [self._exists(snap)]
+        _, problems = self.classify(p, snap.get("pods") or [])
+        checks.append(Check("PodsEvictable", not problems, "; ".join(problems[:10])))
+        return checks
+
+    def plan(self, p: DrainParams, snap: Snapshot, ctx: Context) -> list[Mutation]:
+        evict, _ = self.classify(p, snap.get("pods") or [])
+        out: list[Mutation] = [Patch(self.target(p), "merge", {"spec": {"unschedulable": True}})]
+        for pod in evict:
+            m = meta(pod)
+            out.append(Evict(ObjectRef("Pod", m["namespace"], m["name"]), p.grace_period_seconds))
+        return out
+
+    def postconditions(self, p: DrainParams, snap: Snapshot, result: Mapping[str, Any]) -> list[Check]:
+        left, _ = self.classify(p, snap.get("pods") or [])
+        names = ", ".join(f"{meta(x).get('namespace')}/{meta(x).get('name')}" for x in left[:10])
+        return [
+            Check("Unschedulable", is_unschedulable(snap.get("target")), ""),
+            Check("NoEvictablePodsLeft", not left, f"still running: {names}" if left else ""),
+        ]
+
+    def rollback(self, p: DrainParams, before: Snapshot, ctx: Context) -> RollbackSpec:
+        if is_unschedulable(before.get("target")):
+            return RollbackSpec(False, note="node was already cordoned; evictions cannot be undone")
+        return RollbackSpec(True, "uncordon_node", {"node": p.node})
+
+    def guard(self, p: DrainParams, snap: Snapshot) -> dict[str, str]:
+        return {}  # Nodes change constantly (heartbeats); a retry re-reads the pods.
+
+    def summarize(self, obj: Any) -> dict[str, Any]:
+        return node_summary(obj)

@@ -1,0 +1,64 @@
+"""Safety-policy decision values (what a policy engine answers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """The one decision document every engine returns.
+
+    ``allowed`` false means the execution must not run. ``requires_approval``
+    means it may run only once ``spec.approvalReceived`` is true.
+    """
+
+    allowed: bool
+    requires_approval: bool = False
+    violations: tuple[Violation, ...] = ()
+    engine: str = ""
+
+    @classmethod
+    def from_document(cls, doc: Any, engine: str) -> PolicyDecision:
+        """Parse the Rego decision document; anything malformed denies (fail closed)."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("allow"), bool):
+            return cls(
+                allowed=False,
+                violations=(Violation("undefined", "policy returned no decision"),),
+                engine=engine,
+            )
+        raw = doc.get("violations") or []
+        violations = tuple(
+            Violation(str(v.get("rule", "")), str(v.get("message", "")))
+            for v in (raw if isinstance(raw, list) else [])
+            if isinstance(v, dict)
+        )
+        violations = tuple(sorted(violations, key=lambda v: (v.rule, v.message)))
+        return cls(
+            allowed=bool(doc["allow"]),
+            requires_approval=bool(doc.get("requires_approval", False)),
+            violations=violations,
+            engine=engine,
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "requiresApproval": self.requires_approval,
+            "violations": [{"rule": v.rule, "message": v.message} for v in self.violations],
+            "engine": self.engine,
+        }
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    """What the policy sees (documented in policies/README.md). Plain JSON data."""
+
+    document: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Entrypoints: the controller, the runner inside Job pods, the CLI, and their wiring."""

@@ -1,0 +1,198 @@
+"""The `kexec` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from kexec.domain.actions import ACTIONS
+from kexec.domain.errors import FieldError, SafetyViolation, ValidationError
+from kexec.domain.execution import API_VERSION, KIND, parse_spec
+from kexec.domain.safety import check_target_cluster
+
+
+@click.group()
+@click.version_option(package_name="kexec")
+def cli() -> None:
+    """kexec: execute single Kubernetes remediation actions safely."""
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def actions(output: str) -> None:
+    """List the actions with their parameters, permissions and default timeouts."""
+    described = [a.describe() for a in ACTIONS.values()]
+    if output == "json":
+        click.echo(json.dumps(described, indent=2))
+        return
+    table = Table(title=f"{len(described)} actions", show_lines=True)
+    for col in ("action", "parameters", "permissions (per-action ServiceAccount)", "timeout"):
+        table.add_column(col)
+    for action in ACTIONS.values():
+        params = "\n".join(
+            f"{p.name}{'' if p.required else '?'}: {p.type}"
+            + (f" ({p.constraint()})" if p.constraint() else "")
+            for p in action.params_doc)
+        perms = "\n".join(
+            f"{', '.join(g or 'core' for g in r.api_groups)}/{','.join(r.resources)}: "
+            f"{', '.join(r.verbs)}" for r in action.rules)
+        scope = " (cluster, trusted namespaces only)" if action.node_action else ""
+        table.add_row(action.name + scope, params, perms, f"{action.default_timeout_seconds}s")
+    Console(width=160).print(table)
+
+
+def _load_documents(path: str) -> list[Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def validation_errors(doc: Any) -> list[FieldError]:
+    """Schema and domain errors of one KubernetesExecution document, field-addressed."""
+    if not isinstance(doc, dict):
+        return [FieldError("", "not a YAML object")]
+    errors: list[FieldError] = []
+    if doc.get("apiVersion") != API_VERSION:
+        errors.append(FieldError("apiVersion", f"must be {API_VERSION}"))
+    if doc.get("kind") != KIND:
+        errors.append(FieldError("kind", f"must be {KIND}"))
+    if not (doc.get("metadata") or {}).get("name"):
+        errors.append(FieldError("metadata.name", "is required"))
+    try:
+        spec, _, _ = parse_spec(doc.get("spec"))
+        check_target_cluster(spec)
+    except ValidationError as exc:
+        errors.extend(exc.errors)
+    except SafetyViolation as exc:
+        errors.append(FieldError("spec.targetCluster", exc.message))
+    seen = {str(e) for e in errors}
+    for message in _schema_errors(doc):
+        if message not in seen and not any(message.split(":")[0] == e.path for e in errors):
+            path, _, text = message.partition(": ")
+            errors.append(FieldError(path, text))
+    return errors
+
+
+def _schema_errors(doc: dict[str, Any]) -> list[str]:
+    """The CRD schema's view (the pydantic models the CRD is generated from)."""
+    try:
+        from kexec.adapters.kubernetes.crd import validate_manifest
+    except ImportError:  # pragma: no cover - the CRD module ships with the package
+        return []
+    return list(validate_manifest(doc))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(allow_dash=True))
+def validate(file: str) -> None:
+    """Check KubernetesExecution YAML offline: schema and domain rules. Exit 2 when invalid."""
+    try:
+        docs = _load_documents(file)
+    except (OSError, yaml.YAMLError) as exc:
+        click.echo(f"error: cannot read {file}: {exc}", err=True)
+        sys.exit(2)
+    if not docs:
+        click.echo(f"error: {file} holds no document", err=True)
+        sys.exit(2)
+    bad = 0
+    for i, doc in enumerate(docs):
+        name = (doc.get("metadata") or {}).get("name", f"document {i + 1}") if isinstance(
+            doc, dict) else f"document {i + 1}"
+        errors = validation_errors(doc)
+        if errors:
+            bad += 1
+            click.echo(f"{name}: invalid")
+            for err in errors:
+                click.echo(f"  {err.path}: {err.message}")
+        else:
+            click.echo(f"{name}: valid ({doc['spec']['action']})")
+    sys.exit(2 if bad else 0)
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _with_cluster(kubeconfig: str | None, fn: Any) -> Any:
+    from kexec.adapters.kubernetes.client import api_client
+    from kexec.adapters.kubernetes.cluster import KubernetesCluster
+
+    async for api in api_client(kubeconfig, pool_size=4):
+        return await fn(KubernetesCluster(api))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--by", "approver", default="", help="who approves (recorded)")
+@click.option("--kubeconfig", envvar="KUBECONFIG", default=None)
+def approve(name: str, namespace: str, approver: str, kubeconfig: str | None) -> None:
+    """Approve an execution waiting in WaitingApproval."""
+    from kexec.application.approve import ApproveExecution
+    from kexec.application.ports.cluster import ClusterError
+
+    try:
+        ex = _run(_with_cluster(kubeconfig, lambda c: ApproveExecution(c)(namespace, name,
+                                                                         approver)))
+    except (ClusterError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(f"approved {ex.key}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--kubeconfig", envvar="KUBECONFIG", default=None)
+def rollback(name: str, namespace: str, kubeconfig: str | None) -> None:
+    """Create the inverse execution of NAME from its status.rollback."""
+    from kexec.application.ports.cluster import ClusterError
+    from kexec.application.rollback import CreateRollback, NoRollback
+
+    try:
+        ex = _run(_with_cluster(kubeconfig, lambda c: CreateRollback(c)(namespace, name)))
+    except (ClusterError, NoRollback) as exc:
+        _fail(str(exc))
+    click.echo(f"created {ex.key} ({ex.spec['action']}, rollbackOf {name})")
+
+
+@cli.command()
+def runner() -> None:
+    """Run one action inside a Job pod (the controller creates these Jobs)."""
+    from kexec.entrypoints.runner import main as runner_main
+
+    sys.exit(runner_main())
+
+
+def _register_optional() -> None:
+    """Commands whose modules need optional services (PostgreSQL, controller runtime)."""
+    from kexec.entrypoints.cli_audit import audit
+
+    cli.add_command(audit)
+    try:
+        from kexec.entrypoints.controller import controller
+    except ImportError:
+        return
+    cli.add_command(controller)
+
+
+_register_optional()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,67 @@
+"""pytest plugin: real local Kubernetes control plane, node simulator, opa.
+
+Register with ``pytest_plugins = ["tests.support.plugin"]`` (tests/conftest.py) or
+``-p tests.support.plugin``. Session-scoped fixtures:
+
+* ``bin_dir``        -- Path with etcd/kube-apiserver/kube-controller-manager/kubectl/opa
+                        ($KEXEC_BIN_DIR, else built by hack/build-binaries.sh)
+* ``control_plane``  -- started :class:`tests.support.controlplane.ControlPlane`
+                        (``.kubeconfig``, ``.server``, ``.ca_file``, ``.log_dir``, ``.api()``, ``.kubectl()``)
+* ``node_simulator`` -- started :class:`tests.support.simulator.NodeSimulator` bound to it
+* ``opa_bin``        -- Path of the opa binary
+
+If binaries cannot be obtained or the cluster cannot start, the fixtures FAIL (never skip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.controlplane import BinariesUnavailable, ControlPlane, get_bin_dir
+from tests.support.simulator import NodeSimulator
+
+
+@pytest.fixture(scope="session")
+def bin_dir() -> Path:
+    try:
+        return get_bin_dir()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"cannot obtain control-plane binaries: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def opa_bin(bin_dir: Path) -> Path:
+    p = bin_dir / "opa"
+    if not p.is_file():
+        pytest.fail(f"opa binary missing in {bin_dir}", pytrace=False)
+    return p
+
+
+@pytest.fixture(scope="session")
+def control_plane(bin_dir: Path) -> Iterator[ControlPlane]:
+    cp = ControlPlane(bin_dir=bin_dir)
+    try:
+        cp.start()
+    except (BinariesUnavailable, RuntimeError, TimeoutError, OSError) as e:
+        pytest.fail(f"local control plane failed to start: {e}\n(logs: {cp.log_dir})", pytrace=False)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def node_simulator(control_plane: ControlPlane) -> Iterator[NodeSimulator]:
+    assert control_plane.kubeconfig is not None
+    sim = NodeSimulator(control_plane.kubeconfig, log_dir=control_plane.log_dir)
+    try:
+        sim.start()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"node simulator failed to start: {e}\n(logs: {control_plane.log_dir})", pytrace=False)
+    try:
+        yield sim
+    finally:
+        sim.stop()

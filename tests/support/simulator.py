@@ -1,0 +1,1095 @@
+"""NodeSimulator: stands in for kubelets and kube-scheduler on the local control plane.
+
+It talks to the real kube-apiserver (kubernetes-asyncio, admin kubeconfig) and:
+
+* registers N Ready nodes (``sim-node-1..N``) and keeps them Ready by renewing their
+  Leases in ``kube-node-lease`` (and a node status heartbeat every minute), so the real
+  node lifecycle controller leaves them alone;
+* schedules pending pods (``schedulerName`` default-scheduler, no ``nodeName``) through
+  the Binding API onto schedulable nodes, honouring ``spec.nodeName``, cordoned nodes,
+  ``nodeSelector``, required node affinity and NoSchedule/NoExecute taints/tolerations;
+* marks non-Job pods Running + Ready (conditions, containerStatuses, podIP);
+* EXECUTES Job pods (label ``batch.kubernetes.io/job-name``/``job-name`` or a Job owner):
+  the first container's ``command`` + ``args`` run as a local subprocess with the
+  container's env, ``KUBECONFIG`` (token for the pod's ServiceAccount from the
+  TokenRequest API, bound to the pod) and ``KEXEC_TERMINATION_LOG``; on exit the pod
+  becomes Succeeded/Failed with ``state.terminated`` (exitCode, reason, message from the
+  termination log), so the real Job controller finishes the Job;
+* finishes graceful deletions (kills the process, reports status, deletes with
+  gracePeriodSeconds=0) -- evictions end up here too;
+* enforces ``spec.activeDeadlineSeconds`` (DeadlineExceeded).
+
+Runs in its own thread with its own event loop: ``NodeSimulator(kubeconfig).start()`` /
+``.stop()`` from sync code, or ``python -m tests.support.simulator --kubeconfig X``.
+
+Logs: ``<log_dir>/simulator.log``; each Job pod's stdout+stderr goes to
+``<log_dir>/pods/<namespace>_<pod>.log`` (``kubectl logs`` does not work: no kubelet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import yaml
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from tests.support.controlplane import _pdeathsig, register_cleanup, unregister_cleanup
+
+JOB_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+TERMINATION_MSG_MAX = 4096
+FALLBACK_LOG_MAX = 2048
+DEFAULT_PASSTHROUGH_ENV = (
+    "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV",
+    "SSL_CERT_FILE", "COVERAGE_PROCESS_START", "COVERAGE_FILE", "KEXEC_BIN_DIR",
+)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now_micro() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:500]}")
+        self.status = status
+        self.body = body
+
+
+def is_job_pod(pod: dict[str, Any]) -> bool:
+    meta = pod.get("metadata", {})
+    labels = meta.get("labels") or {}
+    if any(k in labels for k in JOB_LABELS):
+        return True
+    return any(o.get("kind") == "Job" for o in meta.get("ownerReferences") or [])
+
+
+# ------------------------------------------------------------------ scheduling predicates
+
+
+def _match_expr(expr: dict[str, Any], value: str | None, present: bool) -> bool:
+    op = expr.get("operator")
+    vals = expr.get("values") or []
+    if op == "In":
+        return present and value in vals
+    if op == "NotIn":
+        return not present or value not in vals
+    if op == "Exists":
+        return present
+    if op == "DoesNotExist":
+        return not present
+    if op in ("Gt", "Lt"):
+        try:
+            v, ref = int(value or ""), int(vals[0])
+        except (ValueError, IndexError):
+            return False
+        return present and (v > ref if op == "Gt" else v < ref)
+    return False
+
+
+def _term_matches(term: dict[str, Any], node: dict[str, Any]) -> bool:
+    labels = node["metadata"].get("labels") or {}
+    for e in term.get("matchExpressions") or []:
+        k = e.get("key")
+        if not _match_expr(e, labels.get(k), k in labels):
+            return False
+    for e in term.get("matchFields") or []:
+        if e.get("key") != "metadata.name":
+            return False
+        if not _match_expr(e, node["metadata"]["name"], True):
+            return False
+    return True
+
+
+def _tolerates(tols: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    for t in tols:
+        if t.get("effect") and t["effect"] != taint.get("effect"):
+            continue
+        op = t.get("operator", "Equal")
+        if not t.get("key") and op == "Exists":
+            return True
+        if t.get("key") != taint.get("key"):
+            continue
+        if op == "Exists" or t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def node_fits(pod: dict[str, Any], node: dict[str, Any]) -> str | None:
+    """None if ``pod`` may run on ``node``, else a reason."""
+    spec = pod.get("spec", {})
+    nspec = node.get("spec", {})
+    if nspec.get("unschedulable"):
+        return "node is unschedulable (cordoned)"
+    conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions") or []}
+    if conds.get("Ready") != "True":
+        return "node is not Ready"
+    labels = node["metadata"].get("labels") or {}
+    for k, v in (spec.get("nodeSelector") or {}).items():
+        if labels.get(k) != v:
+            return f"nodeSelector {k}={v} does not match"
+    req = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+           .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = req.get("nodeSelectorTerms") or []
+    if terms and not any(_term_matches(t, node) for t in terms):
+        return "required node affinity does not match"
+    tols = spec.get("tolerations") or []
+    for taint in nspec.get("taints") or []:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(tols, taint):
+            return f"untolerated taint {taint.get('key')}:{taint.get('effect')}"
+    return None
+
+
+# --------------------------------------------------------------------------------- state
+
+
+@dataclass
+class _PodRun:
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    job: bool
+    pod_ip: str
+    proc: asyncio.subprocess.Process | None = None
+    task: asyncio.Task[Any] | None = None
+    deleting: bool = False
+    deadline_exceeded: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    last_exit: tuple[int, str, str] | None = None  # (exit code, message, startedAt) when deleted
+
+
+_VAR_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
+
+
+def expand_vars(s: str, env: dict[str, str]) -> str:
+    """Kubernetes $(VAR) expansion ($$ escapes, unknown refs stay as-is)."""
+
+    def rep(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        return env.get(name, m.group(0))
+
+    return _VAR_RE.sub(rep, s)
+
+
+class _Sim:
+    """The asyncio side; everything runs on one event loop."""
+
+    def __init__(self, owner: NodeSimulator, api: k8s_client.ApiClient) -> None:
+        self.o = owner
+        self.api = api
+        self.log = owner.log
+        cfg = api.configuration
+        self.server: str = cfg.host
+        self.ca_data: str | None = None
+        if cfg.ssl_ca_cert:
+            self.ca_data = base64.b64encode(Path(cfg.ssl_ca_cert).read_bytes()).decode()
+        self.node_names = list(owner.node_names)
+        self.node_index = {n: i + 1 for i, n in enumerate(self.node_names)}
+        self.node_uids: dict[str, str] = {}
+        self.runs: dict[str, _PodRun] = {}
+        self.busy: set[str] = set()  # uids with an in-flight schedule/delete task
+        self.deleting: set[str] = set()
+        self.ip_counter: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.nodes_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self.stopping = asyncio.Event()
+
+    # ----------------------------------------------------------------- REST plumbing
+    async def req(self, method: str, path: str, body: Any = None,
+                  query: list[tuple[str, Any]] | None = None,
+                  content_type: str | None = None, timeout: float = 30.0) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        r = await self.api.call_api(
+            path, method, query_params=query or [], header_params=headers, body=body,
+            auth_settings=["BearerToken"], _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+        try:
+            data = await r.read()
+        finally:
+            r.release()
+        if not 200 <= r.status < 300:
+            raise ApiError(r.status, data.decode(errors="replace"))
+        return json.loads(data) if data else None
+
+    def spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("task %s failed", what)
+
+        t = asyncio.get_running_loop().create_task(guarded(), name=what)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    # ----------------------------------------------------------------------- nodes
+    def node_ip(self, node: str) -> str:
+        return f"10.240.0.{self.node_index.get(node, 250)}"
+
+    def alloc_pod_ip(self, node: str) -> str:
+        n = self.ip_counter.get(node, 1) + 1
+        self.ip_counter[node] = n
+        return f"10.244.{self.node_index.get(node, 250)}.{(n % 250) + 2}"
+
+    def node_status(self, node: str) -> dict[str, Any]:
+        now = _now()
+        o = self.o
+
+        def cond(t: str, s: str, reason: str, msg: str) -> dict[str, str]:
+            return {"type": t, "status": s, "reason": reason, "message": msg,
+                    "lastHeartbeatTime": now, "lastTransitionTime": now}
+
+        res = {"cpu": o.cpu, "memory": o.memory, "pods": str(o.max_pods),
+               "ephemeral-storage": "100Gi"}
+        return {
+            "capacity": res,
+            "allocatable": res,
+            "conditions": [
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "simulated"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "simulated"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "simulated"),
+                cond("Ready", "True", "KubeletReady", "kexec node simulator"),
+            ],
+            "addresses": [{"type": "InternalIP", "address": self.node_ip(node)},
+                          {"type": "Hostname", "address": node}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": node, "systemUUID": node, "bootID": node,
+                "kernelVersion": os.uname().release, "osImage": "kexec-simulator",
+                "containerRuntimeVersion": "sim://1.0", "kubeletVersion": o.kubelet_version,
+                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+            },
+        }
+
+    async def register_node(self, node: str) -> None:
+        labels = {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux",
+                  "kubernetes.io/arch": "amd64", "kexec.test/simulated": "true",
+                  **self.o.node_labels}
+        body = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": node, "labels": labels}, "spec": {}}
+        try:
+            obj = await self.req("POST", "/api/v1/nodes", body)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            obj = await self.req("GET", f"/api/v1/nodes/{node}")
+        self.node_uids[node] = obj["metadata"]["uid"]
+        await self.req("PATCH", f"/api/v1/nodes/{node}/status", {"status": self.node_status(node)},
+                       content_type="application/strategic-merge-patch+json")
+        await self.renew_lease(node)
+
+    async def renew_lease(self, node: str) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}"
+        spec = {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": _now_micro()}
+        try:
+            await self.req("PATCH", path, {"spec": spec}, content_type="application/merge-patch+json")
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": node, "namespace": "kube-node-lease",
+                                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node,
+                                                      "uid": self.node_uids.get(node, "")}]},
+                    "spec": spec}
+            if not self.node_uids.get(node):
+                body["metadata"].pop("ownerReferences")
+            await self.req("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", body)
+
+    async def heartbeat_loop(self) -> None:
+        last_status = time.monotonic()
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.o.lease_interval)
+            if self.stopping.is_set():
+                return
+            status_due = time.monotonic() - last_status > 60
+            for node in self.node_names:
+                try:
+                    await self.renew_lease(node)
+                    if status_due:
+                        await self.req("PATCH", f"/api/v1/nodes/{node}/status",
+                                       {"status": {"conditions": self.node_status(node)["conditions"]}},
+                                       content_type="application/strategic-merge-patch+json")
+                except ApiError as e:
+                    if e.status == 404:
+                        self.log.warning("node %s is gone; not re-registering it", node)
+                    else:
+                        self.log.warning("heartbeat for %s failed: %s", node, e)
+                except Exception as e:  # noqa: BLE001
+                    self.log.warning("heartbeat for %s failed: %r", node, e)
+            if status_due:
+                last_status = time.monotonic()
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        ts, cached = self.nodes_cache
+        if time.monotonic() - ts < 0.5:
+            return cached
+        data = await self.req("GET", "/api/v1/nodes")
+        items = [n for n in data.get("items", []) if n["metadata"]["name"] in self.node_index]
+        self.nodes_cache = (time.monotonic(), items)
+        return items
+
+    # -------------------------------------------------------------------- pod watch
+    async def watch_pods(self) -> None:
+        rv: str | None = None
+        backoff = 0.2
+        while not self.stopping.is_set():
+            try:
+                if rv is None:
+                    data = await self.req("GET", "/api/v1/pods", timeout=60)
+                    rv = data["metadata"]["resourceVersion"]
+                    seen = set()
+                    for pod in data.get("items", []):
+                        seen.add(pod["metadata"]["uid"])
+                        self.on_pod("ADDED", pod)
+                    for uid in list(self.runs):
+                        if uid not in seen:
+                            self.on_pod_gone(uid)
+                rv = await self.watch_once(rv)
+                backoff = 0.2
+            except ApiError as e:
+                if e.status == 410:
+                    self.log.info("watch expired (410); relisting")
+                else:
+                    self.log.warning("pod watch error: %s", e)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5)
+                rv = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                self.log.warning("pod watch error: %r; relisting", e)
+                rv = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5)
+
+    async def watch_once(self, rv: str) -> str:
+        query = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", "240")]
+        r = await self.api.call_api(
+            "/api/v1/pods", "GET", query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
+        )
+        try:
+            if r.status != 200:
+                raise ApiError(r.status, (await r.read()).decode(errors="replace"))
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    ev = json.loads(line)
+                    typ, obj = ev.get("type"), ev.get("object") or {}
+                    if typ == "ERROR":
+                        raise ApiError(int(obj.get("code") or 500), json.dumps(obj))
+                    new_rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    if new_rv:
+                        rv = new_rv
+                    if typ in ("ADDED", "MODIFIED", "DELETED"):
+                        self.on_pod(typ, obj)
+        finally:
+            r.release()
+        return rv
+
+    def on_pod_gone(self, uid: str) -> None:
+        run = self.runs.pop(uid, None)
+        self.deleting.discard(uid)
+        if run and run.proc and run.proc.returncode is None:
+            self.log.info("pod %s/%s vanished; killing its process", run.namespace, run.name)
+            run.deleting = True
+            self.kill(run, signal.SIGKILL)
+
+    def on_pod(self, typ: str, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        if typ == "DELETED":
+            self.on_pod_gone(uid)
+            self.busy.discard(uid)
+            return
+        spec = pod.get("spec") or {}
+        status = pod.get("status") or {}
+        node = spec.get("nodeName")
+        if meta.get("deletionTimestamp"):
+            if uid in self.deleting or (node and node not in self.node_index):
+                return
+            self.deleting.add(uid)
+            self.spawn(self.finish_deletion(pod), f"delete {meta['namespace']}/{meta['name']}")
+            return
+        if not node:
+            if spec.get("schedulerName", "default-scheduler") != "default-scheduler" or uid in self.busy:
+                return
+            self.busy.add(uid)
+            self.spawn(self.schedule(pod), f"schedule {meta['namespace']}/{meta['name']}")
+            return
+        if node not in self.node_index or uid in self.runs:
+            return
+        phase = status.get("phase", "Pending")
+        if phase in ("Succeeded", "Failed"):
+            return
+        job = is_job_pod(pod)
+        run = _PodRun(uid=uid, namespace=meta["namespace"], name=meta["name"], node=node, job=job,
+                      pod_ip=status.get("podIP") or self.alloc_pod_ip(node))
+        self.runs[uid] = run
+        if phase == "Running" and not job:
+            return  # already running (e.g. simulator restarted): nothing to do
+        if phase == "Running" and job:
+            run.task = self.spawn(self.fail_orphaned(pod), f"orphan {run.namespace}/{run.name}")
+            return
+        what = f"{'job' if job else 'pod'} {run.namespace}/{run.name}"
+        run.task = self.spawn(self.run_job_pod(pod, run) if job else self.mark_running(pod, run), what)
+
+    # ------------------------------------------------------------------- scheduling
+    async def schedule(self, pod: dict[str, Any]) -> None:
+        ns, name, uid = pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"]
+        reported = False
+        try:
+            while not self.stopping.is_set():
+                nodes = await self.nodes()
+                load = {n: 0 for n in self.node_index}
+                for r in self.runs.values():
+                    load[r.node] = load.get(r.node, 0) + 1
+                reasons = []
+                fits = []
+                for n in nodes:
+                    why = node_fits(pod, n)
+                    if why is None:
+                        fits.append(n["metadata"]["name"])
+                    else:
+                        reasons.append(f"{n['metadata']['name']}: {why}")
+                if fits:
+                    target = min(fits, key=lambda n: (load.get(n, 0), self.node_index[n]))
+                    body = {"apiVersion": "v1", "kind": "Binding",
+                            "metadata": {"name": name, "namespace": ns, "uid": uid},
+                            "target": {"apiVersion": "v1", "kind": "Node", "name": target}}
+                    try:
+                        await self.req("POST", f"/api/v1/namespaces/{ns}/pods/{quote(name)}/binding", body)
+                        self.log.info("bound %s/%s to %s", ns, name, target)
+                    except ApiError as e:
+                        if e.status not in (404, 409):
+                            raise
+                        self.log.info("binding %s/%s: %s", ns, name, e)
+                    return
+                if not reported:
+                    reported = True
+                    msg = f"0/{len(nodes)} nodes are available: " + "; ".join(reasons or ["no simulated nodes"])
+                    self.log.info("cannot schedule %s/%s: %s", ns, name, msg)
+                    with contextlib.suppress(ApiError):
+                        await self.patch_status(ns, name, {"conditions": [{
+                            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                            "message": msg, "lastTransitionTime": _now()}]})
+                await asyncio.sleep(1.0)
+                try:
+                    pod = await self.req("GET", f"/api/v1/namespaces/{ns}/pods/{quote(name)}")
+                except ApiError as e:
+                    if e.status == 404:
+                        return
+                    raise
+                if (pod["metadata"]["uid"] != uid or pod["spec"].get("nodeName")
+                        or pod["metadata"].get("deletionTimestamp")):
+                    return
+        finally:
+            self.busy.discard(uid)
+
+    # ----------------------------------------------------------------------- status
+    async def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
+        await self.req("PATCH", f"/api/v1/namespaces/{ns}/pods/{quote(name)}/status", {"status": status},
+                       content_type="application/strategic-merge-patch+json")
+
+    def _conditions(self, ready: bool, reason: str | None = None) -> list[dict[str, Any]]:
+        now = _now()
+        out = []
+        for t, s in (("PodReadyToStartContainers", True), ("Initialized", True), ("PodScheduled", True),
+                     ("ContainersReady", ready), ("Ready", ready)):
+            c: dict[str, Any] = {"type": t, "status": "True" if s else "False", "lastTransitionTime": now}
+            if not s and reason:
+                c["reason"] = reason
+            out.append(c)
+        return out
+
+    def _running_status(self, pod: dict[str, Any], run: _PodRun, started: str,
+                        restarts: int = 0, last_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        spec = pod["spec"]
+        cstat = []
+        for c in spec.get("containers", []):
+            cs = {"name": c["name"], "image": c.get("image", ""),
+                  "imageID": f"sim://{c.get('image', '')}",
+                  "containerID": f"sim://{run.uid[:8]}-{c['name']}",
+                  "ready": True, "started": True, "restartCount": restarts,
+                  "state": {"running": {"startedAt": started}}}
+            if last_state:
+                cs["lastState"] = last_state
+            cstat.append(cs)
+        status: dict[str, Any] = {
+            "phase": "Running", "conditions": self._conditions(True),
+            "hostIP": self.node_ip(run.node), "hostIPs": [{"ip": self.node_ip(run.node)}],
+            "podIP": run.pod_ip, "podIPs": [{"ip": run.pod_ip}],
+            "startTime": pod.get("status", {}).get("startTime") or started,
+            "containerStatuses": cstat,
+        }
+        if spec.get("initContainers"):
+            status["initContainerStatuses"] = [
+                {"name": c["name"], "image": c.get("image", ""), "imageID": f"sim://{c.get('image', '')}",
+                 "containerID": f"sim://{run.uid[:8]}-{c['name']}", "ready": True, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                                          "startedAt": started, "finishedAt": started}}}
+                for c in spec["initContainers"]
+            ]
+        return status
+
+    async def mark_running(self, pod: dict[str, Any], run: _PodRun) -> None:
+        ns, name = run.namespace, run.name
+        try:
+            await self.patch_status(ns, name, self._running_status(pod, run, _now()))
+            self.log.info("pod %s/%s Running on %s (%s)", ns, name, run.node, run.pod_ip)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
+    async def fail_orphaned(self, pod: dict[str, Any]) -> None:
+        """A Job pod that was Running before this simulator started has no process."""
+        uid = pod["metadata"]["uid"]
+        run = self.runs[uid]
+        await self.report_terminated(pod, run, 137, "Error",
+                                     "kexec node simulator restarted; process lost", _now())
+
+    # ------------------------------------------------------------------ job pods
+    async def resolve_env(self, pod: dict[str, Any], c: dict[str, Any], run: _PodRun) -> dict[str, str]:
+        ns = run.namespace
+        meta, spec = pod["metadata"], pod["spec"]
+        env: dict[str, str] = {}
+        cache: dict[tuple[str, str], dict[str, str] | None] = {}
+
+        async def source(kind: str, name: str) -> dict[str, str] | None:
+            key = (kind, name)
+            if key not in cache:
+                try:
+                    obj = await self.req("GET", f"/api/v1/namespaces/{ns}/{kind}/{quote(name)}")
+                except ApiError as e:
+                    if e.status != 404:
+                        raise
+                    cache[key] = None
+                else:
+                    if kind == "secrets":
+                        data = {k: base64.b64decode(v).decode(errors="replace")
+                                for k, v in (obj.get("data") or {}).items()}
+                    else:
+                        data = dict(obj.get("data") or {})
+                    cache[key] = data
+            return cache[key]
+
+        for ef in c.get("envFrom") or []:
+            prefix = ef.get("prefix", "")
+            for kind, ref in (("configmaps", ef.get("configMapRef")), ("secrets", ef.get("secretRef"))):
+                if not ref:
+                    continue
+                data = await source(kind, ref["name"])
+                if data is None:
+                    if ref.get("optional"):
+                        continue
+                    raise LookupError(f'{kind[:-1]} "{ref["name"]}" not found')
+                for k, v in data.items():
+                    env[prefix + k] = v
+        for e in c.get("env") or []:
+            name = e["name"]
+            if "valueFrom" not in e:
+                env[name] = expand_vars(e.get("value", ""), env)
+                continue
+            vf = e["valueFrom"]
+            if "fieldRef" in vf:
+                path = vf["fieldRef"]["fieldPath"]
+                m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+                if m:
+                    env[name] = (meta.get(m.group(1)) or {}).get(m.group(2), "")
+                else:
+                    env[name] = {
+                        "metadata.name": meta["name"], "metadata.namespace": ns,
+                        "metadata.uid": meta["uid"], "spec.nodeName": run.node,
+                        "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+                        "status.hostIP": self.node_ip(run.node), "status.hostIPs": self.node_ip(run.node),
+                        "status.podIP": run.pod_ip, "status.podIPs": run.pod_ip,
+                    }.get(path, "")
+            elif "configMapKeyRef" in vf or "secretKeyRef" in vf:
+                kind, ref = (("configmaps", vf["configMapKeyRef"]) if "configMapKeyRef" in vf
+                             else ("secrets", vf["secretKeyRef"]))
+                data = await source(kind, ref["name"])
+                if data is None or ref["key"] not in data:
+                    if ref.get("optional"):
+                        continue
+                    raise LookupError(f'{kind[:-1]} "{ref["name"]}" key "{ref["key"]}" not found')
+                env[name] = data[ref["key"]]
+            elif "resourceFieldRef" in vf:
+                env[name] = "0"
+        return env
+
+    async def pod_token(self, pod: dict[str, Any]) -> str | None:
+        spec, meta = pod["spec"], pod["metadata"]
+        if spec.get("automountServiceAccountToken") is False:
+            return None
+        sa = spec.get("serviceAccountName") or "default"
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 3600,
+                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                            "name": meta["name"], "uid": meta["uid"]}}}
+        resp = await self.req("POST", f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token",
+                              body)
+        return str(resp["status"]["token"])
+
+    def write_pod_kubeconfig(self, path: Path, ns: str, token: str | None) -> None:
+        cluster: dict[str, Any] = {"server": self.server}
+        if self.ca_data:
+            cluster["certificate-authority-data"] = self.ca_data
+        user: dict[str, Any] = {"token": token} if token else {}
+        cfg = {"apiVersion": "v1", "kind": "Config",
+               "clusters": [{"name": "kexec-local", "cluster": cluster}],
+               "users": [{"name": "pod", "user": user}],
+               "contexts": [{"name": "pod", "context": {"cluster": "kexec-local", "user": "pod",
+                                                       "namespace": ns}}],
+               "current-context": "pod"}
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        path.chmod(0o600)
+
+    def base_env(self, pod: dict[str, Any], pod_dir: Path) -> dict[str, str]:
+        env = {k: os.environ[k] for k in self.o.passthrough_env if k in os.environ}
+        path_parts = [os.path.dirname(sys.executable)]
+        if os.environ.get("KEXEC_BIN_DIR"):
+            path_parts.append(os.environ["KEXEC_BIN_DIR"])
+        path_parts.append(os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+        env["PATH"] = os.pathsep.join(path_parts)
+        env["HOME"] = str(pod_dir)
+        env["HOSTNAME"] = pod["metadata"]["name"]
+        host, _, port = self.server.removeprefix("https://").removeprefix("http://").partition(":")
+        env["KUBERNETES_SERVICE_HOST"] = host
+        env["KUBERNETES_SERVICE_PORT"] = port or "443"
+        return env
+
+    async def run_job_pod(self, pod: dict[str, Any], run: _PodRun) -> None:
+        ns, name = run.namespace, run.name
+        spec = pod["spec"]
+        c = spec["containers"][0]
+        pod_dir = Path(tempfile.mkdtemp(prefix=f"{ns}_{name}_", dir=self.o.pods_dir))
+        work = pod_dir / "work"
+        work.mkdir()
+        log_path = self.o.log_dir / "pods" / f"{ns}_{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        term_path = pod_dir / "termination-log"
+        kubeconfig = pod_dir / "kubeconfig"
+
+        # Resolve env + credentials; like kubelet, retry config errors while the pod exists.
+        while True:
+            try:
+                env = self.base_env(pod, pod_dir)
+                env.update(await self.resolve_env(pod, c, run))
+                token = await self.pod_token(pod)
+                break
+            except (LookupError, ApiError) as e:
+                if isinstance(e, ApiError) and e.status not in (403, 404):
+                    raise
+                if run.deleting or self.stopping.is_set():
+                    return
+                self.log.warning("pod %s/%s: CreateContainerConfigError: %s", ns, name, e)
+                with contextlib.suppress(ApiError):
+                    await self.patch_status(ns, name, {"containerStatuses": [{
+                        "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
+                        "restartCount": 0, "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                                                 "message": str(e)}}}]})
+                await asyncio.sleep(2)
+        self.write_pod_kubeconfig(kubeconfig, ns, token)
+        env["KUBECONFIG"] = str(kubeconfig)
+        env["KEXEC_TERMINATION_LOG"] = str(term_path)
+        argv = [expand_vars(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
+        if not c.get("command"):
+            await self.report_terminated(
+                pod, run, 128, "StartError",
+                "kexec node simulator: container has no explicit command (image entrypoints are not "
+                "supported)", _now())
+            return
+
+        restarts = 0
+        last_state: dict[str, Any] | None = None
+        deadline = spec.get("activeDeadlineSeconds")
+        start_mono = time.monotonic()
+        while True:
+            started = _now()
+            term_path.write_bytes(b"")
+            try:
+                await self.patch_status(ns, name, self._running_status(pod, run, started, restarts, last_state))
+            except ApiError as e:
+                if e.status == 404:
+                    return
+                raise
+            if run.deleting:
+                return
+            with open(log_path, "ab") as logf:
+                logf.write(f"# {started} exec {argv!r} (cwd {work})\n".encode())
+                logf.flush()
+                try:
+                    run.proc = await asyncio.create_subprocess_exec(
+                        *argv, cwd=str(work), env=env, stdin=asyncio.subprocess.DEVNULL,
+                        stdout=logf, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                        preexec_fn=_pdeathsig,
+                    )
+                except OSError as e:
+                    await self.report_terminated(pod, run, 128, "StartError", f"failed to start {argv[0]!r}: {e}",
+                                                 started)
+                    return
+            self.o.record_pid(run.proc.pid)
+            self.log.info("pod %s/%s started pid %d on %s: %s", ns, name, run.proc.pid, run.node, argv)
+            wait = asyncio.ensure_future(run.proc.wait())
+            timeout = None
+            if deadline is not None:
+                timeout = max(0.0, float(deadline) - (time.monotonic() - start_mono))
+            done, _ = await asyncio.wait({wait}, timeout=timeout)
+            if not done:
+                run.deadline_exceeded = True
+                self.log.info("pod %s/%s exceeded activeDeadlineSeconds=%s", ns, name, deadline)
+                self.kill(run, signal.SIGKILL)
+                await wait
+            rc = run.proc.returncode
+            assert rc is not None
+            code = 128 - rc if rc < 0 else rc  # killed by signal N -> 128+N
+            self.o.forget_pid(run.proc.pid)
+            message = term_path.read_bytes()[:TERMINATION_MSG_MAX].decode(errors="replace")
+            if (not message and code != 0
+                    and c.get("terminationMessagePolicy") == "FallbackToLogsOnError"):
+                with contextlib.suppress(OSError):
+                    lines = log_path.read_bytes().splitlines()[-80:]
+                    message = b"\n".join(lines)[-FALLBACK_LOG_MAX:].decode(errors="replace")
+            self.log.info("pod %s/%s process exited with %d", ns, name, code)
+            if run.deleting or self.stopping.is_set():
+                # finish_deletion reports the final status
+                run.last_exit = (code, message, started)
+                run.finished.set()
+                return
+            if run.deadline_exceeded:
+                await self.report_terminated(pod, run, code, "Error", message, started,
+                                             pod_reason="DeadlineExceeded",
+                                             pod_message=f"Pod was active on the node longer than the "
+                                                         f"specified deadline")
+                return
+            if code != 0 and spec.get("restartPolicy") == "OnFailure":
+                restarts += 1
+                last_state = {"terminated": {"exitCode": code, "reason": "Error", "message": message,
+                                             "startedAt": started, "finishedAt": _now(),
+                                             "containerID": f"sim://{run.uid[:8]}-{c['name']}"}}
+                backoff = min(10.0, 0.5 * (2 ** (restarts - 1)))
+                self.log.info("pod %s/%s restarting in %.1fs (restart %d)", ns, name, backoff, restarts)
+                try:
+                    await self.patch_status(ns, name, {"containerStatuses": [{
+                        "name": c["name"], "restartCount": restarts, "ready": False, "started": False,
+                        "lastState": last_state, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]})
+                except ApiError as e:
+                    if e.status == 404:
+                        return
+                    raise
+                await asyncio.sleep(backoff)
+                if run.deleting or self.stopping.is_set():
+                    run.finished.set()
+                    return
+                continue
+            await self.report_terminated(pod, run, code, "Completed" if code == 0 else "Error", message,
+                                         started, restarts=restarts)
+            return
+
+    async def report_terminated(self, pod: dict[str, Any], run: _PodRun, code: int, reason: str,
+                                message: str, started: str, restarts: int = 0,
+                                pod_reason: str | None = None, pod_message: str | None = None) -> None:
+        ns, name = run.namespace, run.name
+        finished = _now()
+        spec = pod["spec"]
+        cstat = []
+        for i, c in enumerate(spec.get("containers", [])):
+            term = {"exitCode": code if i == 0 else 0, "reason": reason if i == 0 else "Completed",
+                    "startedAt": started, "finishedAt": finished,
+                    "containerID": f"sim://{run.uid[:8]}-{c['name']}"}
+            if i == 0 and message:
+                term["message"] = message
+            cstat.append({"name": c["name"], "image": c.get("image", ""), "imageID": f"sim://{c.get('image', '')}",
+                          "containerID": term["containerID"], "ready": False, "started": False,
+                          "restartCount": restarts if i == 0 else 0, "state": {"terminated": term}})
+        phase = "Succeeded" if code == 0 and not pod_reason else "Failed"
+        status: dict[str, Any] = {
+            "phase": phase,
+            "conditions": self._conditions(False, "PodCompleted" if phase == "Succeeded" else "PodFailed"),
+            "containerStatuses": cstat,
+            "hostIP": self.node_ip(run.node), "podIP": run.pod_ip, "podIPs": [{"ip": run.pod_ip}],
+            "startTime": (pod.get("status") or {}).get("startTime") or started,
+        }
+        if pod_reason:
+            status["reason"] = pod_reason
+            status["message"] = pod_message or ""
+        try:
+            await self.patch_status(ns, name, status)
+            self.log.info("pod %s/%s %s (exit %d, %s)", ns, name, phase, code, reason)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+        run.finished.set()
+
+    def kill(self, run: _PodRun, sig: int) -> None:
+        p = run.proc
+        if p is None or p.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            p.send_signal(sig)
+
+    # ------------------------------------------------------------------- deletion
+    async def finish_deletion(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        run = self.runs.get(uid)
+        if run is not None:
+            run.deleting = True
+            if run.proc is not None and run.proc.returncode is None:
+                grace = meta.get("deletionGracePeriodSeconds")
+                grace = 30 if grace is None else int(grace)
+                grace = min(grace, self.o.max_grace_seconds)
+                self.kill(run, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(run.proc.wait(), timeout=max(grace, 0.1))
+                except asyncio.TimeoutError:
+                    self.kill(run, signal.SIGKILL)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(run.proc.wait(), timeout=5)
+                # let run_job_pod record the exit
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(run.finished.wait(), timeout=2)
+                last = run.last_exit
+                phase = (pod.get("status") or {}).get("phase")
+                if last and phase not in ("Succeeded", "Failed"):
+                    code, message, started = last
+                    await self.report_terminated(pod, run, code, "Completed" if code == 0 else "Error",
+                                                 message, started)
+            elif run.task is not None and not run.task.done() and run.job:
+                run.task.cancel()
+        for attempt in range(5):
+            try:
+                await self.req("DELETE", f"/api/v1/namespaces/{ns}/pods/{quote(name)}",
+                               {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                                "preconditions": {"uid": uid}})
+                self.log.info("deleted pod %s/%s (grace 0)", ns, name)
+                return
+            except ApiError as e:
+                if e.status in (404, 409):
+                    return
+                self.log.warning("deleting pod %s/%s failed (attempt %d): %s", ns, name, attempt + 1, e)
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    # --------------------------------------------------------------------- shutdown
+    async def shutdown(self) -> None:
+        self.stopping.set()
+        for run in list(self.runs.values()):
+            run.deleting = True
+            self.kill(run, signal.SIGKILL)
+        for t in list(self.tasks):
+            t.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=5)
+
+
+class NodeSimulator:
+    """Fake kubelets + scheduler for the local control plane (see module docstring)."""
+
+    def __init__(
+        self,
+        kubeconfig: str | Path,
+        nodes: int | Iterable[str] = 3,
+        node_prefix: str = "sim-node-",
+        log_dir: str | Path | None = None,
+        work_dir: str | Path | None = None,
+        cpu: str = "16",
+        memory: str = "64Gi",
+        max_pods: int = 110,
+        node_labels: dict[str, str] | None = None,
+        lease_interval: float = 10.0,
+        max_grace_seconds: float = 30.0,
+        passthrough_env: Iterable[str] = DEFAULT_PASSTHROUGH_ENV,
+        kubelet_version: str = "v1.37.2",
+    ) -> None:
+        self.kubeconfig = Path(kubeconfig)
+        if isinstance(nodes, int):
+            self.node_names = [f"{node_prefix}{i}" for i in range(1, nodes + 1)]
+        else:
+            self.node_names = list(nodes)
+        base = Path(log_dir) if log_dir else self.kubeconfig.parent / "logs"
+        self.log_dir = base
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = Path(work_dir) if work_dir else self.kubeconfig.parent / "sim"
+        self.pods_dir = self.work_dir / "pods"
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.cpu, self.memory, self.max_pods = cpu, memory, max_pods
+        self.node_labels = dict(node_labels or {})
+        self.lease_interval = lease_interval
+        self.max_grace_seconds = max_grace_seconds
+        self.passthrough_env = tuple(passthrough_env)
+        self.kubelet_version = kubelet_version
+
+        self.log = logging.getLogger(f"kexec.simulator.{id(self):x}")
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+        self._handler = logging.FileHandler(self.log_dir / "simulator.log")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.log.addHandler(self._handler)
+
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sim: _Sim | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._pids: set[int] = set()
+        self._pid_lock = threading.Lock()
+
+    # pid bookkeeping for stale-process cleanup by ControlPlane
+    def record_pid(self, pid: int) -> None:
+        with self._pid_lock:
+            self._pids.add(pid)
+            self._write_pids()
+
+    def forget_pid(self, pid: int) -> None:
+        with self._pid_lock:
+            self._pids.discard(pid)
+            self._write_pids()
+
+    def _write_pids(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.work_dir / "pids").write_text("\n".join(str(p) for p in sorted(self._pids)))
+
+    def __enter__(self) -> NodeSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30.0) -> NodeSimulator:
+        if self._thread is not None:
+            return self
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._thread_main, name="kexec-node-simulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"node simulator did not become ready in {timeout}s; see {self.log_dir}/simulator.log")
+        if self._error is not None:
+            err = self._error
+            self.stop()
+            raise RuntimeError(f"node simulator failed to start: {err!r}") from err
+        register_cleanup(id(self), self.stop)
+        self.log.info("simulator ready with nodes %s", self.node_names)
+        print(f"[kexec-simulator] {len(self.node_names)} nodes Ready; log {self.log_dir / 'simulator.log'}",
+              file=sys.stderr, flush=True)
+        return self
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as e:  # noqa: BLE001
+            if not self._ready.is_set():
+                self._error = e
+            self.log.exception("simulator loop crashed")
+        finally:
+            self._ready.set()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _main(self) -> None:
+        api = await k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
+        sim = _Sim(self, api)
+        self._sim = sim
+        try:
+            for node in self.node_names:
+                await sim.register_node(node)
+            hb = asyncio.create_task(sim.heartbeat_loop())
+            watch = asyncio.create_task(sim.watch_pods())
+            self._ready.set()
+            await sim.stopping.wait()
+            await sim.shutdown()
+            for t in (hb, watch):
+                t.cancel()
+            await asyncio.gather(hb, watch, return_exceptions=True)
+        finally:
+            await api.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        unregister_cleanup(id(self))
+        t, loop, sim = self._thread, self._loop, self._sim
+        if t is None:
+            return
+        if loop is not None and sim is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(sim.stopping.set)
+        t.join(timeout)
+        # belt and braces: anything still alive dies now
+        with self._pid_lock:
+            pids = list(self._pids)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        self._thread = None
+        self._loop = None
+        self._sim = None
+        self.log.info("simulator stopped")
+        self.log.removeHandler(self._handler)
+        self._handler.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Run the kexec node simulator against a cluster")
+    ap.add_argument("--kubeconfig", required=True)
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--log-dir", default=None)
+    args = ap.parse_args(argv)
+    stop = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
+    sim = NodeSimulator(args.kubeconfig, nodes=args.nodes, log_dir=args.log_dir).start()
+    try:
+        stop.wait()
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
