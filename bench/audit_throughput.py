@@ -7,7 +7,8 @@ Runs against a throw-away server (tests/support/postgres.py) unless --dsn is giv
     .venv/bin/python bench/audit_throughput.py [--executions 2000] [--concurrency 1,10,50]
         [--pool 10] [--dsn postgresql://...]
 
-Prints a markdown table.
+--durable runs the throw-away server with fsync and synchronous_commit on (the test
+server has them off). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -141,6 +142,11 @@ def main() -> None:
                         default=[1, 10, 50])  # fmt: skip
     parser.add_argument("--pool", type=int, default=10)
     parser.add_argument("--dsn", help="use this database instead of a throw-away server")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="throw-away server with fsync, synchronous_commit, full_page_writes on",
+    )
     args = parser.parse_args()
 
     server = None
@@ -148,7 +154,8 @@ def main() -> None:
     if dsn is None:
         from tests.support.postgres import PostgresServer
 
-        server = PostgresServer().start()
+        durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+        server = PostgresServer(settings=durable if args.durable else None).start()
         dsn = server.dsn
     try:
         rows = asyncio.run(main_async(args, dsn))
@@ -163,8 +170,15 @@ def main() -> None:
     for row in rows:
         print(row.markdown())
     if server is not None:
-        print("\n(throw-away server: fsync=off, synchronous_commit=off; one record() per "
-              "transition carrying the history so far)")  # fmt: skip
+        mode = (
+            "fsync=on, synchronous_commit=on"
+            if args.durable
+            else "fsync=off, synchronous_commit=off"
+        )
+        print(
+            f"\n(throw-away server: {mode}; "
+            "one record() per transition carrying the history so far)"
+        )
 
 
 if __name__ == "__main__":

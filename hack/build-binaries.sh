@@ -74,6 +74,7 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 TMP="$(mktemp -d "$BIN_ROOT/.tmp-$HASH-XXXXXX")"
+chmod 755 "$TMP"
 cleanup() { rm -rf "$TMP"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -128,5 +129,11 @@ if [ -e "$FINAL" ]; then
 fi
 mv -T "$TMP" "$FINAL"
 trap - EXIT
+# Prune binaries of older inputs (~350 MB each): keep the 3 newest.
+# shellcheck disable=SC2012
+ls -1dt "$BIN_ROOT"/*/ 2>/dev/null | tail -n +4 | while read -r old; do
+    log "pruning old $old"
+    rm -rf "$old"
+done
 log "built in $(( $(date +%s) - start ))s: $FINAL"
 echo "$FINAL"

@@ -27,15 +27,15 @@ pytestmark = pytest.mark.cluster
 T = TypeVar("T")
 
 
-async def eventually(fn: Callable[[], Awaitable[T | None]], timeout: float = 30.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
+async def eventually(fn: Callable[[], Awaitable[T | None]], within: float = 30.0, what: str = "") -> T:
+    deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
         last = await fn()
         if last:
             return last
         await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or fn} (last={last!r})")
+    raise AssertionError(f"timed out after {within}s waiting for {what or fn} (last={last!r})")
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ async def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> As
     name = f"smoke-{request.node.name[5:20].replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
     core = client.CoreV1Api(api)
     await core.create_namespace({"metadata": {"name": name}})
+
     # PodSecurity/ServiceAccount admission need the namespace's default SA to exist
     async def sa_ready() -> bool:
         try:
@@ -61,6 +62,7 @@ async def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> As
             if e.status == 404:
                 return False
             raise
+
     await eventually(sa_ready, 15, "default ServiceAccount")
     yield name
     await core.delete_namespace(name)
@@ -78,13 +80,19 @@ def _job(name: str, argv: list[str], sa: str = "default", **spec: Any) -> dict[s
                 "spec": {
                     "serviceAccountName": sa,
                     "restartPolicy": "Never",
-                    "containers": [{
-                        "name": "main",
-                        "image": "kexec/sim",
-                        "command": argv,
-                        "env": [{"name": "POD_NAMESPACE",
-                                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
-                    }],
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "kexec/sim",
+                            "command": argv,
+                            "env": [
+                                {
+                                    "name": "POD_NAMESPACE",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                                }
+                            ],
+                        }
+                    ],
                 }
             },
         },
@@ -102,15 +110,20 @@ async def _job_condition(batch: client.BatchV1Api, ns: str, name: str) -> str | 
 async def test_deployment_pods_become_ready(api: client.ApiClient, namespace: str) -> None:
     apps = client.AppsV1Api(api)
     labels = {"app": "web"}
-    await apps.create_namespaced_deployment(namespace, {
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}},
+    await apps.create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+                },
+            },
         },
-    })
+    )
 
     async def ready() -> bool:
         d = await apps.read_namespaced_deployment_status("web", namespace)
@@ -153,15 +166,21 @@ async def test_job_serviceaccount_rbac(api: client.ApiClient, namespace: str) ->
     core, rbac, batch = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.BatchV1Api(api)
     for sa in ("lister", "nobody"):
         await core.create_namespaced_service_account(namespace, {"metadata": {"name": sa}})
-    await rbac.create_namespaced_role(namespace, {
-        "metadata": {"name": "pod-lister"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
-    })
-    await rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "lister-can-list"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-lister"},
-        "subjects": [{"kind": "ServiceAccount", "name": "lister", "namespace": namespace}],
-    })
+    await rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "pod-lister"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+        },
+    )
+    await rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "lister-can-list"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-lister"},
+            "subjects": [{"kind": "ServiceAccount", "name": "lister", "namespace": namespace}],
+        },
+    )
     argv = [sys.executable, "-c", LIST_PODS]
     await batch.create_namespaced_job(namespace, _job("allowed", argv, sa="lister"))
     await batch.create_namespaced_job(namespace, _job("denied", argv, sa="nobody"))
@@ -209,12 +228,12 @@ async def test_deleting_job_garbage_collects_pods(api: client.ApiClient, namespa
 
 async def test_privileged_pod_rejected_by_pod_security(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
-    await core.patch_namespace(namespace, {"metadata": {"labels": {
-        "pod-security.kubernetes.io/enforce": "restricted"}}})
+    await core.patch_namespace(
+        namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
     privileged = {
         "metadata": {"name": "privileged"},
-        "spec": {"containers": [{"name": "c", "image": "busybox",
-                                 "securityContext": {"privileged": True}}]},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": True}}]},
     }
     with pytest.raises(ApiException) as ei:
         await core.create_namespaced_pod(namespace, privileged)
@@ -224,10 +243,14 @@ async def test_privileged_pod_rejected_by_pod_security(api: client.ApiClient, na
     compliant = {
         "metadata": {"name": "compliant"},
         "spec": {
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "c", "image": "busybox", "securityContext": {
-                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "busybox",
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
         },
     }
     created = await core.create_namespaced_pod(namespace, compliant)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +25,7 @@ from kexec.adapters.audit.postgres import (
     MigrationError,
     PostgresAudit,
     audit_pool,
+    close_pool,
     create_pool,
     load_migrations,
     migrate,
@@ -254,6 +254,43 @@ async def test_driver_errors_become_audit_unavailable(pg_dsn: str) -> None:
             await gen.__anext__()
 
 
+async def test_a_silent_server_times_out_and_the_outbox_stops_waiting_on_it() -> None:
+    """A blackholed database (accepts, never answers): every call gives up after its
+    timeout with AuditUnavailable, and once degraded the outbox does not wait at all."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        writers.append(w)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/kexec"
+    try:
+        started = time.monotonic()
+        p = await create_pool(dsn, command_timeout=0.5, connect_timeout=0.5)  # lazy fallback
+        assert time.monotonic() - started < 1.5
+        store = PostgresAudit(p, command_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(AuditUnavailable):
+            await store.record(execution("u1", 0), transitions("u1", 0))
+        assert time.monotonic() - started < 1.5
+
+        box = OutboxAudit(store, registry=CollectorRegistry(), min_backoff=5, max_backoff=5)
+        await box.start()
+        await box.record(execution("u1", 0), transitions("u1", 0))  # pays one timeout
+        started = time.monotonic()
+        for seq in range(1, 6):
+            await box.record(execution("u1", seq), transitions("u1", seq))
+        assert time.monotonic() - started < 0.1
+        assert box.pending() == 6
+        await box.stop(grace=0.2)
+        await close_pool(p, grace=0.5)
+    finally:
+        for w in writers:
+            w.close()
+        server.close()
+
+
 async def test_a_stopped_server_is_survived_by_the_outbox(
     postgres_server: PostgresServer, pg_audit_dsn: str
 ) -> None:
@@ -347,38 +384,51 @@ async def test_a_stopped_server_is_survived_by_the_outbox(
 async def test_secret_values_never_reach_the_database(
     postgres_server: PostgresServer, store: PostgresAudit, pg_audit_dsn: str
 ) -> None:
-    """update_secret: the new values live in a source Secret; the record (built as the
-    application builds it) names that Secret, never its data."""
-    marker = f"kexec-secret-marker-{uuid.uuid4().hex}"
-    source_secret = {  # what the cluster holds; the record builder never copies data
-        "metadata": {"name": "db-creds-next", "namespace": "team-a"},
-        "data": {"password": base64.b64encode(marker.encode()).decode()},
-    }
-    params = {
-        "updateSecret": {
-            "namespace": "team-a",
-            "secret": "db-creds",
-            "sourceSecretRef": {"name": source_secret["metadata"]["name"]},  # type: ignore[index]
-        }
-    }
-    rec = execution(
-        "s1", 5, action="update_secret", parameters=params, target_kind="Secret",
-        target_name="db-creds",
-        rollback={"available": True, "action": "update_secret",
-                  "parameters": {"updateSecret": {"namespace": "team-a", "secret": "db-creds",
-                                                  "sourceSecretRef": {"name": "s1-rollback"}}}},
-    )  # fmt: skip
-    await store.record(rec, transitions("s1", 5))
+    """update_secret, run by the real application use case over the fakes
+    (tests/unit/world.py): the new values come from a source Secret holding a marker, the
+    old values (another marker) go to a backup Secret. Every record the application sends
+    is written to PostgreSQL; neither marker, plain or base64, is anywhere in the dump."""
+    from tests.unit.world import NS, World, b64
+
+    new_marker = f"kexec-new-secret-{uuid.uuid4().hex}"
+    old_marker = f"kexec-old-secret-{uuid.uuid4().hex}"
+    w = World()
+    w.cluster.add({"kind": "Secret", "metadata": {"name": "db-creds", "namespace": NS},
+                   "data": {"password": b64(old_marker)}})  # fmt: skip
+    w.cluster.add({"kind": "Secret", "metadata": {"name": "db-creds-next", "namespace": NS},
+                   "data": {"password": b64(new_marker)}})  # fmt: skip
+    sent: list[tuple[ExecutionRecord, list[TransitionRecord]]] = []
+    app_record = w.audit.record
+
+    async def capture(e: ExecutionRecord, ts: Sequence[TransitionRecord]) -> None:
+        sent.append((e, list(ts)))
+        await app_record(e, ts)
+
+    w.audit.record = capture  # type: ignore[method-assign]
+    await w.create("update_secret", {"namespace": NS, "secret": "db-creds",
+                                     "sourceSecretRef": {"name": "db-creds-next"}})  # fmt: skip
+    ex = await w.drive()
+    assert ex.status["phase"] == "Completed", ex.status
+    assert w.cluster.obj("Secret", NS, "db-creds")["data"]["password"] == b64(new_marker)
+    assert len(sent) >= 6
+
+    for e, ts in sent:
+        await store.record(e, ts)
+    [stored] = await store.get(ex.name, NS)
+    assert stored.record.action == "update_secret" and stored.transition_count == 6
+
     dump = await asyncio.to_thread(postgres_server.dump, pg_audit_dsn.rsplit("/", 1)[1])
-    assert "db-creds-next" in dump and "s1-rollback" in dump  # the grep does see the row
-    for needle in (marker, source_secret["data"]["password"]):  # type: ignore[index]
+    backup = ex.status["rollback"]["parameters"]["sourceSecretRef"]["name"]
+    assert "db-creds-next" in dump and backup in dump  # the grep does see the rows
+    for needle in (new_marker, old_marker, b64(new_marker), b64(old_marker)):
         assert needle not in dump
     rows = await fetch(
         pg_audit_dsn,
         f"""SELECT a::text AS t FROM {EXECUTIONS_TABLE} a
             UNION ALL SELECT e::text FROM {EVENTS_TABLE} e""",
     )
-    assert rows and all(marker not in r["t"] for r in rows)
+    assert len(rows) == 7
+    assert all(new_marker not in r["t"] and old_marker not in r["t"] for r in rows)
 
 
 # ---------------------------------------------------------------------- append-only, retention

@@ -114,9 +114,7 @@ def get_bin_dir(build: bool = True) -> Path:
         )
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
         if proc.returncode != 0 or not lines:
-            raise BinariesUnavailable(
-                f"{BUILD_SCRIPT} failed with exit code {proc.returncode}; see its stderr above"
-            )
+            raise BinariesUnavailable(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}; see its stderr above")
         _bin_dir_cache = _check_bin_dir(Path(lines[-1].strip()))
         os.environ["KEXEC_BIN_DIR"] = str(_bin_dir_cache)  # children/other helpers reuse it
         return _bin_dir_cache
@@ -131,15 +129,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child
-    # Kill the child if the thread that started it dies (e.g. pytest SIGKILLed).
-    try:
-        import ctypes
+_prctl: Any = None
+try:  # loaded in the parent so the forked child only makes one libc call (no locks)
+    import ctypes
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except Exception:  # pragma: no cover - non-glibc platforms
+    pass
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Kill the child when the thread that started it dies (e.g. pytest SIGKILLed)."""
+    if _prctl is not None:
+        _prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -166,7 +168,7 @@ class ManagedProcess:
         self.argv = argv
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab", buffering=0)  # noqa: SIM115
+        self._log = open(log_path, "ab", buffering=0)
         self._log.write(f"# {' '.join(argv)}\n".encode())
         self.popen = subprocess.Popen(
             argv,
@@ -289,14 +291,16 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 
 def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def _pem_key(key: Any) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
 
 
@@ -329,15 +333,19 @@ class _PKI:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self.ca_key.public_key()), critical=False
-            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.ca_key.public_key()), critical=False)
             .sign(self.ca_key, hashes.SHA256())
         )
         self.ca_file = self._write("ca.crt", _pem_cert(self.ca_cert))
@@ -377,9 +385,15 @@ class _PKI:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                    crl_sign=False, content_commitment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_encipherment=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    content_commitment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -398,9 +412,7 @@ class _PKI:
 
     def service_account_keys(self) -> tuple[Path, Path]:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pub = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         priv = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,
@@ -533,8 +545,9 @@ class ControlPlane:
         self.stop()
 
     # -- API helpers (sync, admin credential)
-    def api(self, method: str, path: str, body: Any = None, timeout: float = 10.0,
-            content_type: str = "application/json") -> Any:
+    def api(
+        self, method: str, path: str, body: Any = None, timeout: float = 10.0, content_type: str = "application/json"
+    ) -> Any:
         """Tiny admin REST call; returns decoded JSON; raises urllib.error.HTTPError."""
         assert self.server and self._ssl
         data = json.dumps(body).encode() if body is not None else None
@@ -550,7 +563,10 @@ class ControlPlane:
         assert self.bin_dir and self.kubeconfig
         return subprocess.run(
             [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-            check=check, text=True, capture_output=True, **kw,
+            check=check,
+            text=True,
+            capture_output=True,
+            **kw,
         )
 
     # -- lifecycle
@@ -598,8 +614,7 @@ class ControlPlane:
         )
         return p
 
-    def _wait(self, what: str, check: Callable[[], bool], deadline: float,
-              procs: Iterable[ManagedProcess]) -> None:
+    def _wait(self, what: str, check: Callable[[], bool], deadline: float, procs: Iterable[ManagedProcess]) -> None:
         last_err: Exception | None = None
         while time.monotonic() < deadline:
             for p in procs:
@@ -611,7 +626,7 @@ class ControlPlane:
             try:
                 if check():
                     return
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 last_err = e
             time.sleep(0.1)
         raise TimeoutError(f"timed out waiting for {what} (last error: {last_err!r}); logs in {self.log_dir}")
@@ -624,15 +639,21 @@ class ControlPlane:
         self.ca_file = pki.ca_file
         svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
         serving = pki.issue(
-            "apiserver", "kube-apiserver", server=True,
-            dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                 "kubernetes.default.svc.cluster.local"],
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            dns=[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
             ips=["127.0.0.1", svc_ip],
         )
-        self.admin_cert_file, self.admin_key_file = pki.issue(
-            "admin", "kexec-admin", org="system:masters", client=True
-        )
+        self.admin_cert_file, self.admin_key_file = pki.issue("admin", "kexec-admin", org="system:masters", client=True)
         kcm_cert = pki.issue("kube-controller-manager", "system:kube-controller-manager", client=True)
+        proxy_cert = pki.issue("front-proxy-client", "front-proxy-client", client=True)
         sa_pub, sa_key = pki.service_account_keys()
 
         etcd_port, etcd_peer, api_port, kcm_port = (free_port() for _ in range(4))
@@ -641,30 +662,40 @@ class ControlPlane:
         self._ssl.load_cert_chain(str(self.admin_cert_file), str(self.admin_key_file))
 
         self.kubeconfig = write_kubeconfig(
-            self.run_dir / "admin.kubeconfig", self.server, self.ca_file, "kexec-admin",
-            self.admin_cert_file, self.admin_key_file,
+            self.run_dir / "admin.kubeconfig",
+            self.server,
+            self.ca_file,
+            "kexec-admin",
+            self.admin_cert_file,
+            self.admin_key_file,
         )
         kcm_kubeconfig = write_kubeconfig(
-            self.run_dir / "kube-controller-manager.kubeconfig", self.server, self.ca_file,
-            "system:kube-controller-manager", *kcm_cert,
+            self.run_dir / "kube-controller-manager.kubeconfig",
+            self.server,
+            self.ca_file,
+            "system:kube-controller-manager",
+            *kcm_cert,
         )
 
         # ---- etcd
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{etcd_peer}"
-        etcd = self._spawn("etcd", [
-            str(b / "etcd"),
-            "--name=default",
-            f"--data-dir={self.run_dir / 'etcd-data'}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=default={peer_url}",
-            "--unsafe-no-fsync=true",
-            "--quota-backend-bytes=2147483648",
-            "--log-level=warn",
-        ])
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(b / "etcd"),
+                "--name=default",
+                f"--data-dir={self.run_dir / 'etcd-data'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--unsafe-no-fsync=true",
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+        )
 
         def etcd_ok() -> bool:
             with urllib.request.urlopen(etcd_url + "/health", timeout=2) as r:
@@ -673,61 +704,75 @@ class ControlPlane:
         self._wait("etcd /health", etcd_ok, deadline, [etcd])
 
         # ---- kube-apiserver
-        api = self._spawn("kube-apiserver", [
-            str(b / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={api_port}",
-            f"--tls-cert-file={serving[0]}",
-            f"--tls-private-key-file={serving[1]}",
-            f"--client-ca-file={self.ca_file}",
-            "--authorization-mode=Node,RBAC",
-            "--anonymous-auth=false",
-            f"--service-account-key-file={sa_pub}",
-            f"--service-account-signing-key-file={sa_key}",
-            f"--service-account-issuer={SA_ISSUER}",
-            f"--api-audiences={SA_ISSUER}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,"
-            "Priority,DefaultTolerationSeconds,ResourceQuota,NodeRestriction",
-            # nodes are registered by the simulator already Ready; with this plugin
-            # new nodes start tainted not-ready until the node lifecycle controller's
-            # next pass.
-            "--disable-admission-plugins=TaintNodesByCondition",
-            "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-            f"--cert-dir={self.run_dir / 'pki'}",
-            f"--v={self.verbosity}",
-            *self.extra_apiserver_args,
-        ])
-        self._wait("kube-apiserver /readyz", lambda: self.api("GET", "/readyz", timeout=3) == "ok",
-                   deadline, [etcd, api])
+        api = self._spawn(
+            "kube-apiserver",
+            [
+                str(b / "kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={serving[0]}",
+                f"--tls-private-key-file={serving[1]}",
+                f"--client-ca-file={self.ca_file}",
+                f"--requestheader-client-ca-file={self.ca_file}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={proxy_cert[0]}",
+                f"--proxy-client-key-file={proxy_cert[1]}",
+                "--authorization-mode=Node,RBAC",
+                "--anonymous-auth=false",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--api-audiences={SA_ISSUER}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,"
+                "Priority,DefaultTolerationSeconds,ResourceQuota,NodeRestriction",
+                # nodes are registered by the simulator already Ready; with this plugin
+                # new nodes start tainted not-ready until the node lifecycle controller's
+                # next pass.
+                "--disable-admission-plugins=TaintNodesByCondition",
+                "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                f"--cert-dir={self.run_dir / 'pki'}",
+                f"--v={self.verbosity}",
+                *self.extra_apiserver_args,
+            ],
+        )
+        self._wait(
+            "kube-apiserver /readyz", lambda: self.api("GET", "/readyz", timeout=3) == "ok", deadline, [etcd, api]
+        )
 
         # ---- kube-controller-manager
-        kcm = self._spawn("kube-controller-manager", [
-            str(b / "kube-controller-manager"),
-            f"--kubeconfig={kcm_kubeconfig}",
-            f"--authentication-kubeconfig={kcm_kubeconfig}",
-            f"--authorization-kubeconfig={kcm_kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={kcm_port}",
-            "--leader-elect=false",
-            "--controllers=*",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={sa_key}",
-            f"--root-ca-file={self.ca_file}",
-            f"--cluster-signing-cert-file={pki.ca_file}",
-            f"--cluster-signing-key-file={pki.ca_key_file}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--kube-api-qps=200",
-            "--kube-api-burst=400",
-            "--controller-start-interval=0s",
-            f"--cert-dir={self.run_dir / 'pki' / 'kcm'}",
-            f"--v={self.verbosity}",
-            *self.extra_controller_manager_args,
-        ])
+        kcm = self._spawn(
+            "kube-controller-manager",
+            [
+                str(b / "kube-controller-manager"),
+                f"--kubeconfig={kcm_kubeconfig}",
+                f"--authentication-kubeconfig={kcm_kubeconfig}",
+                f"--authorization-kubeconfig={kcm_kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={kcm_port}",
+                "--leader-elect=false",
+                "--controllers=*",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={sa_key}",
+                f"--root-ca-file={self.ca_file}",
+                f"--cluster-signing-cert-file={pki.ca_file}",
+                f"--cluster-signing-key-file={pki.ca_key_file}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                "--controller-start-interval=0s",
+                f"--cert-dir={self.run_dir / 'pki' / 'kcm'}",
+                f"--v={self.verbosity}",
+                *self.extra_controller_manager_args,
+            ],
+        )
 
         def default_sa() -> bool:
             try:
@@ -776,24 +821,27 @@ def main(argv: list[str] | None = None) -> int:
     sim = None
     try:
         cp.start()
+        assert cp.run_dir and cp.kubeconfig
         if not args.no_simulator:
             from tests.support.simulator import NodeSimulator
 
             sim = NodeSimulator(cp.kubeconfig, nodes=args.nodes, log_dir=cp.log_dir).start()
-        assert cp.run_dir and cp.kubeconfig
         (cp.state_root / "kubeconfig").unlink(missing_ok=True)
         (cp.state_root / "kubeconfig").symlink_to(cp.kubeconfig)
-        print(f"""
+        print(
+            f"""
 kexec local cluster is up ({cp.startup_seconds:.1f}s).
   server:     {cp.server}
-  kubeconfig: {cp.kubeconfig}   (also {cp.state_root / 'kubeconfig'})
+  kubeconfig: {cp.kubeconfig}   (also {cp.state_root / "kubeconfig"})
   logs:       {cp.log_dir}
   kubectl:    {cp.bin_dir}/kubectl
 
   export KUBECONFIG={cp.kubeconfig}
   export PATH={cp.bin_dir}:$PATH
 
-Press Ctrl-C to stop.""", flush=True)
+Press Ctrl-C to stop.""",
+            flush=True,
+        )
         while not stop.wait(1.0):
             if any(not p.alive() for p in cp._procs):
                 dead = [p.name for p in cp._procs if not p.alive()]

@@ -1,7 +1,7 @@
 """Locate the ``opa`` binary (built by hack/build-binaries.sh) and run an OPA server.
 
-    with OpaServer(["policies"]) as opa:
-        httpx.post(f"{opa.url}/v1/data/kexec/allow", json={"input": {...}})
+with OpaServer(["policies"]) as opa:
+    httpx.post(f"{opa.url}/v1/data/kexec/allow", json={"input": {...}})
 """
 
 from __future__ import annotations
@@ -81,8 +81,7 @@ class OpaServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.log_dir / f"opa-{self.port}.log"
-        argv = [str(opa), "run", "--server", f"--addr=127.0.0.1:{self.port}", "--log-level=info",
-                "--disable-telemetry"]
+        argv = [str(opa), "run", "--server", f"--addr=127.0.0.1:{self.port}", "--log-level=info", "--disable-telemetry"]
         if self.watch:
             argv.append("--watch")
         argv += self.extra_args + [str(p) for p in self.policy_paths]
@@ -103,7 +102,7 @@ class OpaServer:
         self.stop()
         raise TimeoutError(f"opa did not become healthy in {timeout}s (log {self.log_path})")
 
-    def query(self, path: str, input: object) -> object:  # noqa: A002
+    def query(self, path: str, input: object) -> object:
         """POST /v1/data/<path> with ``{"input": input}``; returns the ``result`` (or None)."""
         assert self.url
         req = urllib.request.Request(

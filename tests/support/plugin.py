@@ -28,7 +28,7 @@ from tests.support.simulator import NodeSimulator
 def bin_dir() -> Path:
     try:
         return get_bin_dir()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.fail(f"cannot obtain control-plane binaries: {e}", pytrace=False)
 
 
@@ -59,7 +59,7 @@ def node_simulator(control_plane: ControlPlane) -> Iterator[NodeSimulator]:
     sim = NodeSimulator(control_plane.kubeconfig, log_dir=control_plane.log_dir)
     try:
         sim.start()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.fail(f"node simulator failed to start: {e}\n(logs: {control_plane.log_dir})", pytrace=False)
     try:
         yield sim

@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -422,6 +423,7 @@ def pg_audit_dsn(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop and clean up on kill too
     with PostgresServer() as server:
         print(f"PostgreSQL running: {server.dsn}")
         print(f"  data dir: {server.data_dir}   log: {server.log_file}")

@@ -58,17 +58,26 @@ JOB_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 TERMINATION_MSG_MAX = 4096
 FALLBACK_LOG_MAX = 2048
 DEFAULT_PASSTHROUGH_ENV = (
-    "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV",
-    "SSL_CERT_FILE", "COVERAGE_PROCESS_START", "COVERAGE_FILE", "KEXEC_BIN_DIR",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "VIRTUAL_ENV",
+    "SSL_CERT_FILE",
+    "COVERAGE_PROCESS_START",
+    "COVERAGE_FILE",
+    "KEXEC_BIN_DIR",
 )
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _now_micro() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ApiError(Exception):
@@ -150,8 +159,9 @@ def node_fits(pod: dict[str, Any], node: dict[str, Any]) -> str | None:
     for k, v in (spec.get("nodeSelector") or {}).items():
         if labels.get(k) != v:
             return f"nodeSelector {k}={v} does not match"
-    req = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-           .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    req = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
     terms = req.get("nodeSelectorTerms") or []
     if terms and not any(_term_matches(t, node) for t in terms):
         return "required node affinity does not match"
@@ -204,7 +214,7 @@ class _Sim:
         self.api = api
         self.log = owner.log
         cfg = api.configuration
-        self.server: str = cfg.host
+        self.server: str = str(cfg.host)
         self.ca_data: str | None = None
         if cfg.ssl_ca_cert:
             self.ca_data = base64.b64encode(Path(cfg.ssl_ca_cert).read_bytes()).decode()
@@ -212,7 +222,8 @@ class _Sim:
         self.node_index = {n: i + 1 for i, n in enumerate(self.node_names)}
         self.node_uids: dict[str, str] = {}
         self.runs: dict[str, _PodRun] = {}
-        self.busy: set[str] = set()  # uids with an in-flight schedule/delete task
+        self.busy: set[str] = set()  # uids with an in-flight schedule task
+        self.pod_node: dict[str, str] = {}  # uid -> node, for spreading pods
         self.deleting: set[str] = set()
         self.ip_counter: dict[str, int] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -220,16 +231,27 @@ class _Sim:
         self.stopping = asyncio.Event()
 
     # ----------------------------------------------------------------- REST plumbing
-    async def req(self, method: str, path: str, body: Any = None,
-                  query: list[tuple[str, Any]] | None = None,
-                  content_type: str | None = None, timeout: float = 30.0) -> Any:
+    async def req(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, Any]] | None = None,
+        content_type: str | None = None,
+        request_timeout: float = 30.0,
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
         r = await self.api.call_api(
-            path, method, query_params=query or [], header_params=headers, body=body,
-            auth_settings=["BearerToken"], _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(total=timeout),
+            path,
+            method,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=request_timeout),
         )
         try:
             data = await r.read()
@@ -267,11 +289,16 @@ class _Sim:
         o = self.o
 
         def cond(t: str, s: str, reason: str, msg: str) -> dict[str, str]:
-            return {"type": t, "status": s, "reason": reason, "message": msg,
-                    "lastHeartbeatTime": now, "lastTransitionTime": now}
+            return {
+                "type": t,
+                "status": s,
+                "reason": reason,
+                "message": msg,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
 
-        res = {"cpu": o.cpu, "memory": o.memory, "pods": str(o.max_pods),
-               "ephemeral-storage": "100Gi"}
+        res = {"cpu": o.cpu, "memory": o.memory, "pods": str(o.max_pods), "ephemeral-storage": "100Gi"}
         return {
             "capacity": res,
             "allocatable": res,
@@ -281,23 +308,31 @@ class _Sim:
                 cond("PIDPressure", "False", "KubeletHasSufficientPID", "simulated"),
                 cond("Ready", "True", "KubeletReady", "kexec node simulator"),
             ],
-            "addresses": [{"type": "InternalIP", "address": self.node_ip(node)},
-                          {"type": "Hostname", "address": node}],
+            "addresses": [{"type": "InternalIP", "address": self.node_ip(node)}, {"type": "Hostname", "address": node}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "nodeInfo": {
-                "machineID": node, "systemUUID": node, "bootID": node,
-                "kernelVersion": os.uname().release, "osImage": "kexec-simulator",
-                "containerRuntimeVersion": "sim://1.0", "kubeletVersion": o.kubelet_version,
-                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+                "machineID": node,
+                "systemUUID": node,
+                "bootID": node,
+                "kernelVersion": os.uname().release,
+                "osImage": "kexec-simulator",
+                "containerRuntimeVersion": "sim://1.0",
+                "kubeletVersion": o.kubelet_version,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
             },
         }
 
     async def register_node(self, node: str) -> None:
-        labels = {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux",
-                  "kubernetes.io/arch": "amd64", "kexec.test/simulated": "true",
-                  **self.o.node_labels}
-        body = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": node, "labels": labels}, "spec": {}}
+        labels = {
+            "kubernetes.io/hostname": node,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "kexec.test/simulated": "true",
+            **self.o.node_labels,
+        }
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}, "spec": {}}
         try:
             obj = await self.req("POST", "/api/v1/nodes", body)
         except ApiError as e:
@@ -305,8 +340,12 @@ class _Sim:
                 raise
             obj = await self.req("GET", f"/api/v1/nodes/{node}")
         self.node_uids[node] = obj["metadata"]["uid"]
-        await self.req("PATCH", f"/api/v1/nodes/{node}/status", {"status": self.node_status(node)},
-                       content_type="application/strategic-merge-patch+json")
+        await self.req(
+            "PATCH",
+            f"/api/v1/nodes/{node}/status",
+            {"status": self.node_status(node)},
+            content_type="application/strategic-merge-patch+json",
+        )
         await self.renew_lease(node)
 
     async def renew_lease(self, node: str) -> None:
@@ -317,11 +356,18 @@ class _Sim:
         except ApiError as e:
             if e.status != 404:
                 raise
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": node, "namespace": "kube-node-lease",
-                                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node,
-                                                      "uid": self.node_uids.get(node, "")}]},
-                    "spec": spec}
+            body: dict[str, Any] = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": node,
+                    "namespace": "kube-node-lease",
+                    "ownerReferences": [
+                        {"apiVersion": "v1", "kind": "Node", "name": node, "uid": self.node_uids.get(node, "")}
+                    ],
+                },
+                "spec": spec,
+            }
             if not self.node_uids.get(node):
                 body["metadata"].pop("ownerReferences")
             await self.req("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", body)
@@ -338,15 +384,18 @@ class _Sim:
                 try:
                     await self.renew_lease(node)
                     if status_due:
-                        await self.req("PATCH", f"/api/v1/nodes/{node}/status",
-                                       {"status": {"conditions": self.node_status(node)["conditions"]}},
-                                       content_type="application/strategic-merge-patch+json")
+                        await self.req(
+                            "PATCH",
+                            f"/api/v1/nodes/{node}/status",
+                            {"status": {"conditions": self.node_status(node)["conditions"]}},
+                            content_type="application/strategic-merge-patch+json",
+                        )
                 except ApiError as e:
                     if e.status == 404:
                         self.log.warning("node %s is gone; not re-registering it", node)
                     else:
                         self.log.warning("heartbeat for %s failed: %s", node, e)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     self.log.warning("heartbeat for %s failed: %r", node, e)
             if status_due:
                 last_status = time.monotonic()
@@ -367,7 +416,7 @@ class _Sim:
         while not self.stopping.is_set():
             try:
                 if rv is None:
-                    data = await self.req("GET", "/api/v1/pods", timeout=60)
+                    data = await self.req("GET", "/api/v1/pods", request_timeout=60)
                     rv = data["metadata"]["resourceVersion"]
                     seen = set()
                     for pod in data.get("items", []):
@@ -388,18 +437,21 @@ class _Sim:
                 rv = None
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self.log.warning("pod watch error: %r; relisting", e)
                 rv = None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5)
 
     async def watch_once(self, rv: str) -> str:
-        query = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
-                 ("timeoutSeconds", "240")]
+        query = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"), ("timeoutSeconds", "240")]
         r = await self.api.call_api(
-            "/api/v1/pods", "GET", query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"], _preload_content=False,
+            "/api/v1/pods",
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
             _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
         )
         try:
@@ -426,6 +478,7 @@ class _Sim:
         return rv
 
     def on_pod_gone(self, uid: str) -> None:
+        self.pod_node.pop(uid, None)
         run = self.runs.pop(uid, None)
         self.deleting.discard(uid)
         if run and run.proc and run.proc.returncode is None:
@@ -459,10 +512,18 @@ class _Sim:
             return
         phase = status.get("phase", "Pending")
         if phase in ("Succeeded", "Failed"):
+            self.pod_node.pop(uid, None)
             return
+        self.pod_node[uid] = node
         job = is_job_pod(pod)
-        run = _PodRun(uid=uid, namespace=meta["namespace"], name=meta["name"], node=node, job=job,
-                      pod_ip=status.get("podIP") or self.alloc_pod_ip(node))
+        run = _PodRun(
+            uid=uid,
+            namespace=meta["namespace"],
+            name=meta["name"],
+            node=node,
+            job=job,
+            pod_ip=status.get("podIP") or self.alloc_pod_ip(node),
+        )
         self.runs[uid] = run
         if phase == "Running" and not job:
             return  # already running (e.g. simulator restarted): nothing to do
@@ -480,37 +541,57 @@ class _Sim:
             while not self.stopping.is_set():
                 nodes = await self.nodes()
                 load = {n: 0 for n in self.node_index}
-                for r in self.runs.values():
-                    load[r.node] = load.get(r.node, 0) + 1
-                reasons = []
-                fits = []
-                for n in nodes:
-                    why = node_fits(pod, n)
+                for assigned in self.pod_node.values():
+                    load[assigned] = load.get(assigned, 0) + 1
+                reasons: list[str] = []
+                fits: list[str] = []
+                for node_obj in nodes:
+                    why = node_fits(pod, node_obj)
                     if why is None:
-                        fits.append(n["metadata"]["name"])
+                        fits.append(node_obj["metadata"]["name"])
                     else:
-                        reasons.append(f"{n['metadata']['name']}: {why}")
+                        reasons.append(f"{node_obj['metadata']['name']}: {why}")
                 if fits:
                     target = min(fits, key=lambda n: (load.get(n, 0), self.node_index[n]))
-                    body = {"apiVersion": "v1", "kind": "Binding",
-                            "metadata": {"name": name, "namespace": ns, "uid": uid},
-                            "target": {"apiVersion": "v1", "kind": "Node", "name": target}}
+                    body = {
+                        "apiVersion": "v1",
+                        "kind": "Binding",
+                        "metadata": {"name": name, "namespace": ns, "uid": uid},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": target},
+                    }
+                    self.pod_node[uid] = target  # reserve before awaiting: concurrent binds spread
                     try:
                         await self.req("POST", f"/api/v1/namespaces/{ns}/pods/{quote(name)}/binding", body)
                         self.log.info("bound %s/%s to %s", ns, name, target)
                     except ApiError as e:
+                        self.pod_node.pop(uid, None)
                         if e.status not in (404, 409):
                             raise
                         self.log.info("binding %s/%s: %s", ns, name, e)
+                    except BaseException:
+                        self.pod_node.pop(uid, None)
+                        raise
                     return
                 if not reported:
                     reported = True
                     msg = f"0/{len(nodes)} nodes are available: " + "; ".join(reasons or ["no simulated nodes"])
                     self.log.info("cannot schedule %s/%s: %s", ns, name, msg)
                     with contextlib.suppress(ApiError):
-                        await self.patch_status(ns, name, {"conditions": [{
-                            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                            "message": msg, "lastTransitionTime": _now()}]})
+                        await self.patch_status(
+                            ns,
+                            name,
+                            {
+                                "conditions": [
+                                    {
+                                        "type": "PodScheduled",
+                                        "status": "False",
+                                        "reason": "Unschedulable",
+                                        "message": msg,
+                                        "lastTransitionTime": _now(),
+                                    }
+                                ]
+                            },
+                        )
                 await asyncio.sleep(1.0)
                 try:
                     pod = await self.req("GET", f"/api/v1/namespaces/{ns}/pods/{quote(name)}")
@@ -518,54 +599,92 @@ class _Sim:
                     if e.status == 404:
                         return
                     raise
-                if (pod["metadata"]["uid"] != uid or pod["spec"].get("nodeName")
-                        or pod["metadata"].get("deletionTimestamp")):
+                if (
+                    pod["metadata"]["uid"] != uid
+                    or pod["spec"].get("nodeName")
+                    or pod["metadata"].get("deletionTimestamp")
+                ):
                     return
         finally:
             self.busy.discard(uid)
 
     # ----------------------------------------------------------------------- status
     async def patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
-        await self.req("PATCH", f"/api/v1/namespaces/{ns}/pods/{quote(name)}/status", {"status": status},
-                       content_type="application/strategic-merge-patch+json")
+        await self.req(
+            "PATCH",
+            f"/api/v1/namespaces/{ns}/pods/{quote(name)}/status",
+            {"status": status},
+            content_type="application/strategic-merge-patch+json",
+        )
 
     def _conditions(self, ready: bool, reason: str | None = None) -> list[dict[str, Any]]:
         now = _now()
         out = []
-        for t, s in (("PodReadyToStartContainers", True), ("Initialized", True), ("PodScheduled", True),
-                     ("ContainersReady", ready), ("Ready", ready)):
+        for t, s in (
+            ("PodReadyToStartContainers", True),
+            ("Initialized", True),
+            ("PodScheduled", True),
+            ("ContainersReady", ready),
+            ("Ready", ready),
+        ):
             c: dict[str, Any] = {"type": t, "status": "True" if s else "False", "lastTransitionTime": now}
             if not s and reason:
                 c["reason"] = reason
             out.append(c)
         return out
 
-    def _running_status(self, pod: dict[str, Any], run: _PodRun, started: str,
-                        restarts: int = 0, last_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _running_status(
+        self,
+        pod: dict[str, Any],
+        run: _PodRun,
+        started: str,
+        restarts: int = 0,
+        last_state: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         spec = pod["spec"]
         cstat = []
         for c in spec.get("containers", []):
-            cs = {"name": c["name"], "image": c.get("image", ""),
-                  "imageID": f"sim://{c.get('image', '')}",
-                  "containerID": f"sim://{run.uid[:8]}-{c['name']}",
-                  "ready": True, "started": True, "restartCount": restarts,
-                  "state": {"running": {"startedAt": started}}}
+            cs = {
+                "name": c["name"],
+                "image": c.get("image", ""),
+                "imageID": f"sim://{c.get('image', '')}",
+                "containerID": f"sim://{run.uid[:8]}-{c['name']}",
+                "ready": True,
+                "started": True,
+                "restartCount": restarts,
+                "state": {"running": {"startedAt": started}},
+            }
             if last_state:
                 cs["lastState"] = last_state
             cstat.append(cs)
         status: dict[str, Any] = {
-            "phase": "Running", "conditions": self._conditions(True),
-            "hostIP": self.node_ip(run.node), "hostIPs": [{"ip": self.node_ip(run.node)}],
-            "podIP": run.pod_ip, "podIPs": [{"ip": run.pod_ip}],
+            "phase": "Running",
+            "conditions": self._conditions(True),
+            "hostIP": self.node_ip(run.node),
+            "hostIPs": [{"ip": self.node_ip(run.node)}],
+            "podIP": run.pod_ip,
+            "podIPs": [{"ip": run.pod_ip}],
             "startTime": pod.get("status", {}).get("startTime") or started,
             "containerStatuses": cstat,
         }
         if spec.get("initContainers"):
             status["initContainerStatuses"] = [
-                {"name": c["name"], "image": c.get("image", ""), "imageID": f"sim://{c.get('image', '')}",
-                 "containerID": f"sim://{run.uid[:8]}-{c['name']}", "ready": True, "restartCount": 0,
-                 "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                                          "startedAt": started, "finishedAt": started}}}
+                {
+                    "name": c["name"],
+                    "image": c.get("image", ""),
+                    "imageID": f"sim://{c.get('image', '')}",
+                    "containerID": f"sim://{run.uid[:8]}-{c['name']}",
+                    "ready": True,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": started,
+                            "finishedAt": started,
+                        }
+                    },
+                }
                 for c in spec["initContainers"]
             ]
         return status
@@ -583,8 +702,7 @@ class _Sim:
         """A Job pod that was Running before this simulator started has no process."""
         uid = pod["metadata"]["uid"]
         run = self.runs[uid]
-        await self.report_terminated(pod, run, 137, "Error",
-                                     "kexec node simulator restarted; process lost", _now())
+        await self.report_terminated(pod, run, 137, "Error", "kexec node simulator restarted; process lost", _now())
 
     # ------------------------------------------------------------------ job pods
     async def resolve_env(self, pod: dict[str, Any], c: dict[str, Any], run: _PodRun) -> dict[str, str]:
@@ -604,8 +722,9 @@ class _Sim:
                     cache[key] = None
                 else:
                     if kind == "secrets":
-                        data = {k: base64.b64decode(v).decode(errors="replace")
-                                for k, v in (obj.get("data") or {}).items()}
+                        data = {
+                            k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()
+                        }
                     else:
                         data = dict(obj.get("data") or {})
                     cache[key] = data
@@ -636,15 +755,22 @@ class _Sim:
                     env[name] = (meta.get(m.group(1)) or {}).get(m.group(2), "")
                 else:
                     env[name] = {
-                        "metadata.name": meta["name"], "metadata.namespace": ns,
-                        "metadata.uid": meta["uid"], "spec.nodeName": run.node,
+                        "metadata.name": meta["name"],
+                        "metadata.namespace": ns,
+                        "metadata.uid": meta["uid"],
+                        "spec.nodeName": run.node,
                         "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
-                        "status.hostIP": self.node_ip(run.node), "status.hostIPs": self.node_ip(run.node),
-                        "status.podIP": run.pod_ip, "status.podIPs": run.pod_ip,
+                        "status.hostIP": self.node_ip(run.node),
+                        "status.hostIPs": self.node_ip(run.node),
+                        "status.podIP": run.pod_ip,
+                        "status.podIPs": run.pod_ip,
                     }.get(path, "")
             elif "configMapKeyRef" in vf or "secretKeyRef" in vf:
-                kind, ref = (("configmaps", vf["configMapKeyRef"]) if "configMapKeyRef" in vf
-                             else ("secrets", vf["secretKeyRef"]))
+                kind, ref = (
+                    ("configmaps", vf["configMapKeyRef"])
+                    if "configMapKeyRef" in vf
+                    else ("secrets", vf["secretKeyRef"])
+                )
                 data = await source(kind, ref["name"])
                 if data is None or ref["key"] not in data:
                     if ref.get("optional"):
@@ -660,12 +786,15 @@ class _Sim:
         if spec.get("automountServiceAccountToken") is False:
             return None
         sa = spec.get("serviceAccountName") or "default"
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"expirationSeconds": 3600,
-                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
-                                            "name": meta["name"], "uid": meta["uid"]}}}
-        resp = await self.req("POST", f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token",
-                              body)
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 3600,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+            },
+        }
+        resp = await self.req("POST", f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body)
         return str(resp["status"]["token"])
 
     def write_pod_kubeconfig(self, path: Path, ns: str, token: str | None) -> None:
@@ -673,12 +802,14 @@ class _Sim:
         if self.ca_data:
             cluster["certificate-authority-data"] = self.ca_data
         user: dict[str, Any] = {"token": token} if token else {}
-        cfg = {"apiVersion": "v1", "kind": "Config",
-               "clusters": [{"name": "kexec-local", "cluster": cluster}],
-               "users": [{"name": "pod", "user": user}],
-               "contexts": [{"name": "pod", "context": {"cluster": "kexec-local", "user": "pod",
-                                                       "namespace": ns}}],
-               "current-context": "pod"}
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kexec-local", "cluster": cluster}],
+            "users": [{"name": "pod", "user": user}],
+            "contexts": [{"name": "pod", "context": {"cluster": "kexec-local", "user": "pod", "namespace": ns}}],
+            "current-context": "pod",
+        }
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         path.chmod(0o600)
 
@@ -722,10 +853,22 @@ class _Sim:
                     return
                 self.log.warning("pod %s/%s: CreateContainerConfigError: %s", ns, name, e)
                 with contextlib.suppress(ApiError):
-                    await self.patch_status(ns, name, {"containerStatuses": [{
-                        "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
-                        "restartCount": 0, "state": {"waiting": {"reason": "CreateContainerConfigError",
-                                                                 "message": str(e)}}}]})
+                    await self.patch_status(
+                        ns,
+                        name,
+                        {
+                            "containerStatuses": [
+                                {
+                                    "name": c["name"],
+                                    "image": c.get("image", ""),
+                                    "imageID": "",
+                                    "ready": False,
+                                    "restartCount": 0,
+                                    "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}},
+                                }
+                            ]
+                        },
+                    )
                 await asyncio.sleep(2)
         self.write_pod_kubeconfig(kubeconfig, ns, token)
         env["KUBECONFIG"] = str(kubeconfig)
@@ -733,9 +876,13 @@ class _Sim:
         argv = [expand_vars(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
         if not c.get("command"):
             await self.report_terminated(
-                pod, run, 128, "StartError",
-                "kexec node simulator: container has no explicit command (image entrypoints are not "
-                "supported)", _now())
+                pod,
+                run,
+                128,
+                "StartError",
+                "kexec node simulator: container has no explicit command (image entrypoints are not supported)",
+                _now(),
+            )
             return
 
         restarts = 0
@@ -753,21 +900,31 @@ class _Sim:
                 raise
             if run.deleting:
                 return
-            with open(log_path, "ab") as logf:
+            # small local file; blocking open is fine here
+            with open(log_path, "ab") as logf:  # noqa: ASYNC230
                 logf.write(f"# {started} exec {argv!r} (cwd {work})\n".encode())
                 logf.flush()
+                log_offset = logf.tell()  # FallbackToLogsOnError reads this run's output only
                 try:
                     run.proc = await asyncio.create_subprocess_exec(
-                        *argv, cwd=str(work), env=env, stdin=asyncio.subprocess.DEVNULL,
-                        stdout=logf, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                        *argv,
+                        cwd=str(work),
+                        env=env,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=asyncio.subprocess.STDOUT,
+                        start_new_session=True,
                         preexec_fn=_pdeathsig,
                     )
                 except OSError as e:
-                    await self.report_terminated(pod, run, 128, "StartError", f"failed to start {argv[0]!r}: {e}",
-                                                 started)
+                    await self.report_terminated(
+                        pod, run, 128, "StartError", f"failed to start {argv[0]!r}: {e}", started
+                    )
                     return
             self.o.record_pid(run.proc.pid)
-            self.log.info("pod %s/%s started pid %d on %s: %s", ns, name, run.proc.pid, run.node, argv)
+            shown = " ".join(argv)
+            shown = shown if len(shown) <= 300 else shown[:300] + "..."
+            self.log.info("pod %s/%s started pid %d on %s: %s", ns, name, run.proc.pid, run.node, shown)
             wait = asyncio.ensure_future(run.proc.wait())
             timeout = None
             if deadline is not None:
@@ -783,10 +940,9 @@ class _Sim:
             code = 128 - rc if rc < 0 else rc  # killed by signal N -> 128+N
             self.o.forget_pid(run.proc.pid)
             message = term_path.read_bytes()[:TERMINATION_MSG_MAX].decode(errors="replace")
-            if (not message and code != 0
-                    and c.get("terminationMessagePolicy") == "FallbackToLogsOnError"):
+            if not message and code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
                 with contextlib.suppress(OSError):
-                    lines = log_path.read_bytes().splitlines()[-80:]
+                    lines = log_path.read_bytes()[log_offset:].splitlines()[-80:]
                     message = b"\n".join(lines)[-FALLBACK_LOG_MAX:].decode(errors="replace")
             self.log.info("pod %s/%s process exited with %d", ns, name, code)
             if run.deleting or self.stopping.is_set():
@@ -795,22 +951,48 @@ class _Sim:
                 run.finished.set()
                 return
             if run.deadline_exceeded:
-                await self.report_terminated(pod, run, code, "Error", message, started,
-                                             pod_reason="DeadlineExceeded",
-                                             pod_message=f"Pod was active on the node longer than the "
-                                                         f"specified deadline")
+                await self.report_terminated(
+                    pod,
+                    run,
+                    code,
+                    "Error",
+                    message,
+                    started,
+                    pod_reason="DeadlineExceeded",
+                    pod_message="Pod was active on the node longer than the specified deadline",
+                )
                 return
             if code != 0 and spec.get("restartPolicy") == "OnFailure":
                 restarts += 1
-                last_state = {"terminated": {"exitCode": code, "reason": "Error", "message": message,
-                                             "startedAt": started, "finishedAt": _now(),
-                                             "containerID": f"sim://{run.uid[:8]}-{c['name']}"}}
+                last_state = {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "Error",
+                        "message": message,
+                        "startedAt": started,
+                        "finishedAt": _now(),
+                        "containerID": f"sim://{run.uid[:8]}-{c['name']}",
+                    }
+                }
                 backoff = min(10.0, 0.5 * (2 ** (restarts - 1)))
                 self.log.info("pod %s/%s restarting in %.1fs (restart %d)", ns, name, backoff, restarts)
                 try:
-                    await self.patch_status(ns, name, {"containerStatuses": [{
-                        "name": c["name"], "restartCount": restarts, "ready": False, "started": False,
-                        "lastState": last_state, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]})
+                    await self.patch_status(
+                        ns,
+                        name,
+                        {
+                            "containerStatuses": [
+                                {
+                                    "name": c["name"],
+                                    "restartCount": restarts,
+                                    "ready": False,
+                                    "started": False,
+                                    "lastState": last_state,
+                                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                }
+                            ]
+                        },
+                    )
                 except ApiError as e:
                     if e.status == 404:
                         return
@@ -820,37 +1002,63 @@ class _Sim:
                     run.finished.set()
                     return
                 continue
-            await self.report_terminated(pod, run, code, "Completed" if code == 0 else "Error", message,
-                                         started, restarts=restarts)
+            await self.report_terminated(
+                pod, run, code, "Completed" if code == 0 else "Error", message, started, restarts=restarts
+            )
             return
 
-    async def report_terminated(self, pod: dict[str, Any], run: _PodRun, code: int, reason: str,
-                                message: str, started: str, restarts: int = 0,
-                                pod_reason: str | None = None, pod_message: str | None = None) -> None:
+    async def report_terminated(
+        self,
+        pod: dict[str, Any],
+        run: _PodRun,
+        code: int,
+        reason: str,
+        message: str,
+        started: str,
+        restarts: int = 0,
+        pod_reason: str | None = None,
+        pod_message: str | None = None,
+    ) -> None:
         ns, name = run.namespace, run.name
         finished = _now()
         spec = pod["spec"]
         cstat = []
         for i, c in enumerate(spec.get("containers", [])):
-            term = {"exitCode": code if i == 0 else 0, "reason": reason if i == 0 else "Completed",
-                    "startedAt": started, "finishedAt": finished,
-                    "containerID": f"sim://{run.uid[:8]}-{c['name']}"}
+            term = {
+                "exitCode": code if i == 0 else 0,
+                "reason": reason if i == 0 else "Completed",
+                "startedAt": started,
+                "finishedAt": finished,
+                "containerID": f"sim://{run.uid[:8]}-{c['name']}",
+            }
             if i == 0 and message:
                 term["message"] = message
-            cstat.append({"name": c["name"], "image": c.get("image", ""), "imageID": f"sim://{c.get('image', '')}",
-                          "containerID": term["containerID"], "ready": False, "started": False,
-                          "restartCount": restarts if i == 0 else 0, "state": {"terminated": term}})
+            cstat.append(
+                {
+                    "name": c["name"],
+                    "image": c.get("image", ""),
+                    "imageID": f"sim://{c.get('image', '')}",
+                    "containerID": term["containerID"],
+                    "ready": False,
+                    "started": False,
+                    "restartCount": restarts if i == 0 else 0,
+                    "state": {"terminated": term},
+                }
+            )
         phase = "Succeeded" if code == 0 and not pod_reason else "Failed"
         status: dict[str, Any] = {
             "phase": phase,
             "conditions": self._conditions(False, "PodCompleted" if phase == "Succeeded" else "PodFailed"),
             "containerStatuses": cstat,
-            "hostIP": self.node_ip(run.node), "podIP": run.pod_ip, "podIPs": [{"ip": run.pod_ip}],
+            "hostIP": self.node_ip(run.node),
+            "podIP": run.pod_ip,
+            "podIPs": [{"ip": run.pod_ip}],
             "startTime": (pod.get("status") or {}).get("startTime") or started,
         }
         if pod_reason:
             status["reason"] = pod_reason
             status["message"] = pod_message or ""
+        self.pod_node.pop(run.uid, None)
         try:
             await self.patch_status(ns, name, status)
             self.log.info("pod %s/%s %s (exit %d, %s)", ns, name, phase, code, reason)
@@ -882,7 +1090,7 @@ class _Sim:
                 self.kill(run, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(run.proc.wait(), timeout=max(grace, 0.1))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.kill(run, signal.SIGKILL)
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(run.proc.wait(), timeout=5)
@@ -893,15 +1101,23 @@ class _Sim:
                 phase = (pod.get("status") or {}).get("phase")
                 if last and phase not in ("Succeeded", "Failed"):
                     code, message, started = last
-                    await self.report_terminated(pod, run, code, "Completed" if code == 0 else "Error",
-                                                 message, started)
+                    await self.report_terminated(
+                        pod, run, code, "Completed" if code == 0 else "Error", message, started
+                    )
             elif run.task is not None and not run.task.done() and run.job:
                 run.task.cancel()
         for attempt in range(5):
             try:
-                await self.req("DELETE", f"/api/v1/namespaces/{ns}/pods/{quote(name)}",
-                               {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                                "preconditions": {"uid": uid}})
+                await self.req(
+                    "DELETE",
+                    f"/api/v1/namespaces/{ns}/pods/{quote(name)}",
+                    {
+                        "apiVersion": "v1",
+                        "kind": "DeleteOptions",
+                        "gracePeriodSeconds": 0,
+                        "preconditions": {"uid": uid},
+                    },
+                )
                 self.log.info("deleted pod %s/%s (grace 0)", ns, name)
                 return
             except ApiError as e:
@@ -1011,8 +1227,11 @@ class NodeSimulator:
             raise RuntimeError(f"node simulator failed to start: {err!r}") from err
         register_cleanup(id(self), self.stop)
         self.log.info("simulator ready with nodes %s", self.node_names)
-        print(f"[kexec-simulator] {len(self.node_names)} nodes Ready; log {self.log_dir / 'simulator.log'}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[kexec-simulator] {len(self.node_names)} nodes Ready; log {self.log_dir / 'simulator.log'}",
+            file=sys.stderr,
+            flush=True,
+        )
         return self
 
     def _thread_main(self) -> None:
@@ -1021,7 +1240,7 @@ class NodeSimulator:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._main())
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             if not self._ready.is_set():
                 self._error = e
             self.log.exception("simulator loop crashed")

@@ -68,6 +68,17 @@ target_node_names contains name if {
 	name != ""
 }
 
+# regopy 1.5.2 writes strings into its JSON output without escaping them, and
+# a string that reached sprintf from an object.get default or a body-local
+# literal keeps its quotes. A message with a quote or backslash would make the
+# whole decision unreadable (an engine error for the embedded engine, a deny
+# for OPA). So messages only interpolate input through printable(), and only
+# values that come straight from input, data or a rule/function head.
+printable(s) := s if {
+	is_string(s)
+	regex.match(`^[A-Za-z0-9 ._:/@+=-]{1,253}$`, s)
+} else := "(unprintable)"
+
 # --- replicas -----------------------------------------------------------------
 
 current_replicas := r if {
@@ -185,7 +196,7 @@ sensitive_change if action in {"update_configmap", "update_secret"}
 
 now_ns := _rfc3339_ns(input.time.now) if {
 	is_string(input.time.now)
-	regex.match(_rfc3339_re, input.time.now)
+	regex.match(_utc_re, input.time.now)
 }
 
 # Hour windows are half-open [start_hour, end_hour) in UTC on the listed
@@ -238,8 +249,10 @@ in_business_hours if {
 
 _utc_re := `^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?Z$`
 
-# One rule body on purpose: evaluated on every decision, it must stay cheap.
-# input_errors (below) explains a failure; keep the two in step.
+# One rule body on purpose: evaluated on every decision, it must stay cheap
+# (inline comparisons rather than helper functions: rego-cpp pays for every
+# call). input_errors (below) explains a failure; keep the two in step.
+# time.now is checked only where it is used (absolute freeze windows).
 input_ok if {
 	is_string(input.execution.name)
 	is_string(input.execution.namespace)
@@ -249,15 +262,21 @@ input_ok if {
 	is_string(input.target.namespace)
 	is_string(input.target.name)
 	is_string(input.namespace.name)
-	is_array(input.cluster.nodes)
 	is_object(input.cluster.activeExecutions)
 	is_string(input.time.now)
-	regex.match(_utc_re, input.time.now)
-	_int_between(input.time.weekday, 0, 6)
-	_int_between(input.time.hour, 0, 23)
-	_int_between(input.time.minute, 0, 59)
+	input.time.weekday in {0, 1, 2, 3, 4, 5, 6}
+	is_number(input.time.hour)
+	input.time.hour >= 0
+	input.time.hour <= 23
+	input.time.hour == floor(input.time.hour)
+	is_number(input.time.minute)
+	input.time.minute >= 0
+	input.time.minute <= 59
 	every node in input.cluster.nodes {
-		_valid_node(node)
+		is_string(node.name)
+		is_boolean(node.ready)
+		is_boolean(node.unschedulable)
+		is_boolean(node.controlPlane)
 	}
 	_action_parameters_ok
 }
@@ -279,6 +298,13 @@ _valid_node(node) if {
 	is_boolean(node.ready)
 	is_boolean(node.unschedulable)
 	is_boolean(node.controlPlane)
+}
+
+# time.now is needed only to match absolute freeze windows.
+now_errors contains "input.time.now must be an RFC 3339 UTC timestamp (suffix Z)" if {
+	some w in config.freeze_windows
+	is_string(w.start)
+	not now_ns
 }
 
 # (Field names are spelled out rather than built with concat: regopy 1.5.2
@@ -315,12 +341,6 @@ input_errors contains msg if {
 	some field, hi in {"weekday": 6, "hour": 23, "minute": 59}
 	not _int_between(object.get(input, ["time", field], null), 0, hi)
 	msg := sprintf("input.time.%s must be an integer between 0 and %d", [field, hi])
-}
-
-input_errors contains msg if {
-	is_string(input.time.now)
-	not regex.match(_utc_re, input.time.now)
-	msg := "input.time.now must be an RFC 3339 UTC timestamp (suffix Z)"
 }
 
 input_errors contains msg if {

@@ -12,6 +12,8 @@ violation contains {"rule": "invalid_input", "message": msg} if {
 	some msg in _input_messages
 }
 
+violation contains {"rule": "invalid_input", "message": msg} if some msg in now_errors
+
 _input_messages := input_errors if count(input_errors) > 0
 
 else := {"input does not match the documented schema"}
@@ -25,7 +27,7 @@ _config_messages := config_errors if count(config_errors) > 0
 
 else := {"data.kexec.config is invalid"}
 
-violation contains {"rule": "unknown_action", "message": sprintf("unknown action %v", [action])} if {
+violation contains {"rule": "unknown_action", "message": sprintf("unknown action %s", [printable(action)])} if {
 	not action in actions
 }
 
@@ -34,7 +36,7 @@ violation contains {"rule": "unknown_action", "message": sprintf("unknown action
 violation contains {"rule": "protected_namespace", "message": msg} if {
 	some ns in target_namespaces
 	ns in config.protected_namespaces
-	msg := sprintf("namespace %s is protected", [ns])
+	msg := sprintf("namespace %s is protected", [printable(ns)])
 }
 
 _trusted_requester if input.execution.namespace in config.trusted_namespaces
@@ -42,21 +44,21 @@ _trusted_requester if input.execution.namespace in config.trusted_namespaces
 violation contains {"rule": "namespace_scope", "message": msg} if {
 	not _trusted_requester
 	action in node_actions
-	msg := sprintf("node actions may only be requested from a trusted namespace, not %v", [input.execution.namespace])
+	msg := sprintf("node actions may only be requested from a trusted namespace, not %s", [printable(input.execution.namespace)])
 }
 
 violation contains {"rule": "namespace_scope", "message": msg} if {
 	not _trusted_requester
 	not action in node_actions
 	object.get(input, ["target", "namespace"], "") == ""
-	msg := sprintf("cluster-scoped targets may only be changed from a trusted namespace, not %v", [input.execution.namespace])
+	msg := sprintf("cluster-scoped targets may only be changed from a trusted namespace, not %s", [printable(input.execution.namespace)])
 }
 
 violation contains {"rule": "namespace_scope", "message": msg} if {
 	not _trusted_requester
 	some ns in target_namespaces
 	ns != input.execution.namespace
-	msg := sprintf("an execution in namespace %v may not act on namespace %s", [input.execution.namespace, ns])
+	msg := sprintf("an execution in namespace %s may not act on namespace %s", [printable(input.execution.namespace), printable(ns)])
 }
 
 violation contains {"rule": "rate_limit", "message": msg} if {
@@ -66,7 +68,7 @@ violation contains {"rule": "rate_limit", "message": msg} if {
 	active >= config.max_concurrent_per_namespace
 	msg := sprintf(
 		"namespace %s already has %v active executions (max %v)",
-		[input.execution.namespace, active, config.max_concurrent_per_namespace],
+		[printable(input.execution.namespace), active, config.max_concurrent_per_namespace],
 	)
 }
 
@@ -84,7 +86,7 @@ violation contains {"rule": "critical_scale_to_zero", "message": msg} if {
 	critical_workload
 	some r in desired_replicas
 	r == 0
-	msg := sprintf("workloads labelled %s=%s may not be scaled to zero", [config.critical_label_key, config.critical_label_value])
+	msg := sprintf("workloads labelled %s=%s may not be scaled to zero", [printable(config.critical_label_key), printable(config.critical_label_value)])
 }
 
 violation contains {"rule": "critical_min_replicas", "message": msg} if {
@@ -96,7 +98,7 @@ violation contains {"rule": "critical_min_replicas", "message": msg} if {
 	r < config.critical_min_replicas
 	msg := sprintf(
 		"workloads labelled %s=%s need at least %v replicas, not %v",
-		[config.critical_label_key, config.critical_label_value, config.critical_min_replicas, r],
+		[printable(config.critical_label_key), printable(config.critical_label_value), config.critical_min_replicas, r],
 	)
 }
 
@@ -111,7 +113,7 @@ violation contains {"rule": "bare_pod", "message": msg} if {
 	action == "delete_pod"
 	not config.allow_bare_pod_deletion
 	count(_owner_references) == 0
-	msg := sprintf("pod %v has no owner and would not be recreated", [object.get(input, ["target", "name"], "")])
+	msg := sprintf("pod %s has no owner and would not be recreated", [printable(input.target.name)])
 }
 
 # --- nodes ----------------------------------------------------------------------
@@ -135,7 +137,7 @@ _control_plane_node if {
 violation contains {"rule": "control_plane_node", "message": msg} if {
 	action in node_removing_actions
 	_control_plane_node
-	msg := sprintf("%s of control-plane node %v is not allowed", [action, object.get(input, ["target", "name"], "")])
+	msg := sprintf("%s of control-plane node %s is not allowed", [action, printable(input.target.name)])
 }
 
 _counts_toward_capacity(node) if {
@@ -168,7 +170,7 @@ violation contains {"rule": "min_schedulable_nodes", "message": msg} if {
 
 # Another node that is unschedulable (cordoned, possibly being drained) blocks
 # a drain: the policy cannot tell a cordon from a drain in progress.
-_other_unschedulable_nodes := sort([node.name |
+_other_unschedulable_nodes := sort([printable(node.name) |
 	some node in _nodes
 	node.unschedulable == true
 	not node.name in target_node_names
@@ -183,11 +185,17 @@ violation contains {"rule": "concurrent_drain", "message": msg} if {
 
 # --- manifests ------------------------------------------------------------------
 
+_manifest_kinds contains manifest.kind
+
+_manifest_kinds contains input.target.kind
+
+_manifest_kinds contains "" if not is_string(manifest.kind)
+
 violation contains {"rule": "manifest_kind_not_allowed", "message": msg} if {
 	action == "apply_manifest"
-	some kind in {object.get(manifest, "kind", ""), object.get(input, ["target", "kind"], "")}
+	some kind in _manifest_kinds
 	not kind in config.apply_manifest_allowed_kinds
-	msg := sprintf("apply_manifest of kind %v is not allowed", [kind])
+	msg := sprintf("apply_manifest of kind %s is not allowed", [printable(kind)])
 }
 
 # --- time windows -----------------------------------------------------------------
@@ -197,7 +205,7 @@ _time_violation contains {"rule": "change_freeze", "message": msg} if {
 	some w in config.freeze_windows
 	_valid_window(w)
 	in_window(w)
-	msg := sprintf("change freeze %v is in effect", [object.get(w, "name", "unnamed")])
+	msg := sprintf("change freeze %s is in effect", [_window_name(w)])
 }
 
 _time_violation contains {"rule": "outside_business_hours", "message": msg} if {
@@ -208,6 +216,10 @@ _time_violation contains {"rule": "outside_business_hours", "message": msg} if {
 	not in_business_hours
 	msg := "destructive actions are only allowed during business hours"
 }
+
+_window_name(w) := printable(w.name) if is_string(w.name)
+
+else := "(unnamed)"
 
 # The emergency override turns time-window denials into an approval requirement.
 violation contains v if {

@@ -13,7 +13,8 @@ from kexec.domain.safety import target_of
 def transitions(ex: Execution, controller: str) -> list[TransitionRecord]:
     out: list[TransitionRecord] = []
     previous = ""
-    for seq, item in enumerate(ex.status.get("phaseTransitions") or []):
+    for index, item in enumerate(ex.status.get("phaseTransitions") or []):
+        seq = int(item.get("seq", index))
         when = parse_time(item.get("time")) or ex.created
         out.append(TransitionRecord(
             execution_uid=ex.uid, seq=seq, time=when, from_phase=previous,

@@ -51,6 +51,7 @@ from kexec.domain.safety import (
     holder_of,
     redact,
     secret_values,
+    target_of,
 )
 
 log = logging.getLogger(__name__)
@@ -424,6 +425,9 @@ class ReconcileExecution:
         requeue: float | None = 0,
     ) -> StepResult:
         new.status["observedGeneration"] = ex.generation
+        target = target_of(new)
+        if target is not None:
+            new.status["target"] = target.key  # the Target printer column
         new.status = redact(new.status)
         saved = await self.cluster.update_status(new)
         if event and saved.phase is not None:
@@ -449,7 +453,8 @@ class ReconcileExecution:
         if FINALIZER not in ex.finalizers:
             return DONE
         await self.record_audit(ex)
-        want = len(ex.status.get("phaseTransitions") or [])
+        history = ex.status.get("phaseTransitions") or []
+        want = int(history[-1].get("seq", len(history) - 1)) + 1 if history else 0
         try:
             have = await self.audit.confirmed_transitions(ex.uid)
         except AuditUnavailable:

@@ -203,8 +203,11 @@ def transition(
     status["reason"] = reason
     status["message"] = message
     history = status.setdefault("phaseTransitions", [])
-    history.append({"phase": to.value, "time": iso(now), "reason": reason, "message": message})
-    # Bounded: keep the first entry (creation) and the most recent ones.
+    seq = int(history[-1].get("seq", len(history) - 1)) + 1 if history else 0
+    history.append({"seq": seq, "phase": to.value, "time": iso(now), "reason": reason,
+                    "message": message})
+    # Bounded: keep the first entry (creation) and the most recent ones; seq stays stable
+    # (the audit trail is keyed by it). Seven transitions is the usual life.
     if len(history) > MAX_TRANSITIONS:
         del history[1 : len(history) - MAX_TRANSITIONS + 1]
 

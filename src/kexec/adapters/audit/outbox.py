@@ -227,11 +227,12 @@ class OutboxAudit:
             if conf.execution is None or exec_seq >= conf.exec_seq:
                 conf.execution, conf.exec_seq = execution, exec_seq
 
-            # ``entry`` may have been merged into while we awaited: drop only what we sent.
+            # ``entry`` may have been merged into while we awaited: drop only what we sent
+            # (records are frozen values: an equal one that arrived meanwhile is confirmed too).
             for s, t in sent.items():
-                if entry.transitions.get(s) is t:
+                if entry.transitions.get(s) == t:
                     del entry.transitions[s]
-            if entry.execution is execution:
+            if entry.exec_seq == exec_seq and entry.execution == execution:
                 entry.execution_unconfirmed = False
             if not entry.transitions and not entry.execution_unconfirmed:
                 self._pending.pop(uid, None)

@@ -188,8 +188,6 @@ class KubernetesCluster:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         if identity is not None:
             headers["Impersonate-User"] = identity.username
-        if content_type.endswith("yaml") and body is not None:
-            body = json.dumps(body)  # JSON is valid YAML; apply-patch accepts it
         self.requests += 1
         if method != "GET":
             self.writes += 1

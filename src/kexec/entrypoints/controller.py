@@ -1,0 +1,268 @@
+"""`kexec controller`: list/watch executions and their Jobs, reconcile them.
+
+Only the leader (a Lease) reconciles; a standby keeps its caches warm and is
+ready to take over. Work is per execution key: one worker per key at a time,
+parallel across keys, exponential backoff on errors. SIGTERM stops taking
+work, lets in-flight steps finish, flushes the audit outbox and releases the
+Lease so a standby takes over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from kexec.application.ports.cluster import Conflict, NotFound
+from kexec.application.reconcile import ReconcileExecution
+from kexec.domain.execution import GROUP, PLURAL, VERSION
+from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
+from kexec.entrypoints.runtime.informer import Informer, object_key
+from kexec.entrypoints.runtime.metrics import make_registry
+from kexec.entrypoints.runtime.workqueue import WorkQueue, run_workers
+
+log = logging.getLogger("kexec.controller")
+JOB_SELECTOR = "app.kubernetes.io/managed-by=kexec"
+
+
+@dataclass
+class ControllerConfig:
+    kubeconfig: str | None = None
+    namespace: str = "kubernaut-system"
+    trusted_namespaces: str = "kubernaut-system"
+    workers: int = 8
+    image: str = "kexec:latest"
+    runner_command: list[str] = field(default_factory=lambda: ["kexec", "runner"])
+    audit_dsn: str = ""
+    policy_engine: str = "embedded"
+    opa_url: str = "http://127.0.0.1:8181"
+    policy_dir: str = ""
+    leader_elect: bool = True
+    lease_name: str = "kexec-controller"
+    identity: str = ""
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    metrics_token_file: str = ""
+    approval_timeout: int = 3600
+
+
+class Controller:
+    def __init__(self, cfg: ControllerConfig, container: Container,
+                 registry: CollectorRegistry) -> None:
+        self.cfg = cfg
+        self.container = container
+        self.registry = registry
+        self.queue: WorkQueue[str] = WorkQueue("executions", registry=registry)
+        self.executions: Informer | None = None
+        self.jobs: Informer | None = None
+        self.reconcile: ReconcileExecution | None = None
+        self.leading = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.reconciles = Counter("kexec_reconcile_total", "Reconcile steps",
+                                  ["result"], registry=registry)
+        self.step_seconds = Histogram("kexec_reconcile_seconds", "Duration of one reconcile step",
+                                      registry=registry,
+                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+    # --- event plumbing ---------------------------------------------------------------
+    def _on_execution(self, _type: str, obj: dict[str, Any]) -> None:
+        self.queue.add(object_key(obj))
+
+    def _on_job(self, _type: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == "KubernetesExecution" and ref.get("controller"):
+                self.queue.add(f"{meta.get('namespace')}/{ref.get('name')}")
+
+    # --- the work -----------------------------------------------------------------------
+    async def handle(self, key: str) -> float | None:
+        assert self.executions is not None and self.reconcile is not None
+        if not self.leading.is_set():
+            return None  # a standby never acts; the new leader resyncs everything
+        obj = self.executions.get(key)
+        if obj is None:
+            return None
+        from kexec.adapters.kubernetes.cluster import to_execution
+
+        with self.step_seconds.time():
+            try:
+                result = await self.reconcile(to_execution(obj))
+            except Conflict:
+                # Our cache is behind our own write: the watch event brings the fresh one.
+                self.reconciles.labels("conflict").inc()
+                return 0.5
+            except NotFound:
+                self.reconciles.labels("gone").inc()
+                return None
+            except Exception:
+                self.reconciles.labels("error").inc()
+                raise
+        self.reconciles.labels("ok").inc()
+        if result.wrote and not result.requeue_after:
+            return 1.0  # the watch event normally comes first; this is the safety net
+        return result.requeue_after
+
+    async def on_started_leading(self) -> None:
+        log.info("leading as %s: replaying audit and resyncing", self.cfg.identity)
+        assert self.executions is not None and self.reconcile is not None
+        # Nothing lost: re-send every execution's transitions (idempotent), then work.
+        from kexec.adapters.kubernetes.cluster import to_execution
+
+        for obj in list(self.executions.cache.values()):
+            await self.reconcile.record_audit(to_execution(obj))
+        self.leading.set()
+        for key in list(self.executions.cache):
+            self.queue.add(key)
+
+    def on_stopped_leading(self) -> None:
+        log.warning("lost leadership; stopping work")
+        self.leading.clear()
+        self.stopping.set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> None:
+        api = await resolve(self.container.api())
+        self.executions = Informer(api, GROUP, VERSION, PLURAL, on_event=self._on_execution,
+                                   name="executions")
+        self.jobs = Informer(api, "batch", "v1", "jobs", label_selector=JOB_SELECTOR,
+                             on_event=self._on_job, name="jobs")
+        executions = self.executions
+        self.container.config.execution_cache.from_value(lambda: list(executions.cache.values()))
+        self.reconcile = await resolve(self.container.reconcile())
+        audit = await resolve(self.container.audit())
+        await audit.start()
+        self.executions.start()
+        self.jobs.start()
+        http = await self._serve_http(api)
+        workers = asyncio.create_task(run_workers(self.queue, self.handle, self.cfg.workers,
+                                                  logger=log))
+        elector = None
+        try:
+            await self.executions.wait_synced()
+            await self.jobs.wait_synced()
+            if self.cfg.leader_elect:
+                from kexec.entrypoints.runtime.leader import LeaderElector
+
+                elector = LeaderElector(api, self.cfg.namespace, self.cfg.lease_name,
+                                        self.cfg.identity)
+                lead = asyncio.create_task(elector.run(self.on_started_leading,
+                                                       self.on_stopped_leading))
+                await self.stopping.wait()
+                lead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await lead
+            else:
+                await self.on_started_leading()
+                await self.stopping.wait()
+        finally:
+            log.info("shutting down: finishing in-flight work")
+            self.leading.clear()
+            self.queue.shutdown()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(workers, 30)
+            if elector is not None:
+                with contextlib.suppress(Exception):
+                    await elector.release()
+            await self.executions.stop()
+            await self.jobs.stop()
+            with contextlib.suppress(Exception):
+                await audit.stop()
+            if http is not None:
+                with contextlib.suppress(Exception):
+                    await http.stop()
+
+    def ready(self) -> bool:
+        return bool(self.executions and self.executions.has_synced.is_set()
+                    and self.jobs and self.jobs.has_synced.is_set())
+
+    async def _serve_http(self, api: Any) -> Any:
+        if not self.cfg.http_port:
+            return None
+        from kexec.entrypoints.runtime.http import make_app, serve, metrics_auth
+
+        auth = metrics_auth(api, token_file=self.cfg.metrics_token_file or None)
+        app = make_app(self.registry, self.ready, auth)
+        return await serve(app, self.cfg.http_host, self.cfg.http_port)
+
+
+async def resolve(value: Any) -> Any:
+    """Providers that depend on async resources hand back awaitables."""
+    return await value if inspect.isawaitable(value) else value
+
+
+async def run_controller(cfg: ControllerConfig) -> None:
+    registry = make_registry()
+    container = build_container(
+        kubeconfig=cfg.kubeconfig, namespace=cfg.namespace,
+        trusted_namespaces=cfg.trusted_namespaces, identity=cfg.identity, image=cfg.image,
+        runner_command=cfg.runner_command, audit_dsn=cfg.audit_dsn,
+        policy_engine=cfg.policy_engine, opa_url=cfg.opa_url, policy_dir=cfg.policy_dir,
+        approval_timeout=cfg.approval_timeout,
+    )
+    container.registry.override(registry)
+    await start_resources(container)
+    controller = Controller(cfg, container, registry)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, controller.stopping.set)
+    try:
+        await controller.run()
+    finally:
+        await stop_resources(container)
+
+
+@click.command()
+@click.option("--kubeconfig", envvar="KUBECONFIG", default=None,
+              help="kubeconfig path; in a pod the in-cluster config is used")
+@click.option("--namespace", envvar="KEXEC_NAMESPACE", default="kubernaut-system",
+              show_default=True, help="the controller's own (trusted) namespace")
+@click.option("--trusted-namespaces", envvar="KEXEC_TRUSTED_NAMESPACES",
+              default="kubernaut-system", show_default=True,
+              help="comma-separated namespaces whose executions may act elsewhere")
+@click.option("--workers", envvar="KEXEC_WORKERS", default=8, show_default=True, type=int)
+@click.option("--image", envvar="KEXEC_IMAGE", default="kexec:latest", show_default=True,
+              help="image of the Job pods (the runner)")
+@click.option("--audit-dsn", envvar="KEXEC_AUDIT_DSN", required=True,
+              help="PostgreSQL DSN of the audit trail")
+@click.option("--policy-engine", envvar="KEXEC_POLICY_ENGINE", default="embedded",
+              type=click.Choice(["embedded", "opa"]), show_default=True)
+@click.option("--opa-url", envvar="KEXEC_OPA_URL", default="http://127.0.0.1:8181")
+@click.option("--policy-dir", envvar="KEXEC_POLICY_DIR", default="",
+              help="Rego policies (default: the ones shipped in the package)")
+@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True)
+@click.option("--identity", envvar="KEXEC_POD_NAME", default="",
+              help="this replica's name in the Lease and the audit trail")
+@click.option("--http-addr", envvar="KEXEC_HTTP_ADDR", default="0.0.0.0:8080",
+              show_default=True, help="health probes and /metrics")
+@click.option("--metrics-token-file", envvar="KEXEC_METRICS_TOKEN_FILE", default="",
+              help="static bearer token for /metrics (else TokenReview + SubjectAccessReview)")
+@click.option("--approval-timeout", default=3600, show_default=True, type=int,
+              help="seconds an execution may wait for approval")
+@click.option("-v", "--verbose", is_flag=True)
+def controller(kubeconfig: str | None, namespace: str, trusted_namespaces: str, workers: int,
+               image: str, audit_dsn: str, policy_engine: str, opa_url: str, policy_dir: str,
+               leader_elect: bool, identity: str, http_addr: str, metrics_token_file: str,
+               approval_timeout: int, verbose: bool) -> None:
+    """Run the controller (watch executions, reconcile them, one Job per attempt)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    host, _, port = http_addr.rpartition(":")
+    cfg = ControllerConfig(
+        kubeconfig=kubeconfig, namespace=namespace, trusted_namespaces=trusted_namespaces,
+        workers=workers, image=image, audit_dsn=audit_dsn, policy_engine=policy_engine,
+        opa_url=opa_url, policy_dir=policy_dir, leader_elect=leader_elect,
+        identity=identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
+        http_host=host or "0.0.0.0", http_port=int(port or 0),
+        metrics_token_file=metrics_token_file, approval_timeout=approval_timeout,
+    )
+    asyncio.run(run_controller(cfg))

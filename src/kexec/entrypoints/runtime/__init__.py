@@ -1,0 +1,58 @@
+"""Generic controller machinery: work queue, informer, leader election, HTTP, metrics.
+
+No kexec business logic lives here; the controller main wires these together.
+"""
+
+from kexec.entrypoints.runtime.http import (
+    AuthResult,
+    Decision,
+    KubernetesAuth,
+    MetricsAuth,
+    ServerHandle,
+    StaticTokenAuth,
+    make_app,
+    metrics_auth,
+    serve,
+)
+from kexec.entrypoints.runtime.informer import Informer, InformerStats, object_key, resource_path
+from kexec.entrypoints.runtime.leader import LeaderElector, default_identity
+from kexec.entrypoints.runtime.metrics import make_registry, render, workqueue_metrics
+from kexec.entrypoints.runtime.workqueue import (
+    BucketRateLimiter,
+    ItemExponentialFailureRateLimiter,
+    MaxOfRateLimiter,
+    QueueShutDown,
+    RateLimiter,
+    WorkQueue,
+    default_rate_limiter,
+    run_workers,
+)
+
+__all__ = [
+    "AuthResult",
+    "BucketRateLimiter",
+    "Decision",
+    "Informer",
+    "InformerStats",
+    "ItemExponentialFailureRateLimiter",
+    "KubernetesAuth",
+    "LeaderElector",
+    "MaxOfRateLimiter",
+    "MetricsAuth",
+    "QueueShutDown",
+    "RateLimiter",
+    "ServerHandle",
+    "StaticTokenAuth",
+    "WorkQueue",
+    "default_identity",
+    "default_rate_limiter",
+    "make_app",
+    "make_registry",
+    "metrics_auth",
+    "object_key",
+    "render",
+    "resource_path",
+    "run_workers",
+    "serve",
+    "workqueue_metrics",
+]

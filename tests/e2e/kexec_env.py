@@ -1,0 +1,198 @@
+"""kexec on the real local control plane: CRD + RBAC applied, the controller running as
+its own least-privilege ServiceAccount in a subprocess, Jobs executed by the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.controlplane import ControlPlane
+
+ROOT = Path(__file__).resolve().parents[2]
+NS_CTRL = "kubernaut-system"
+GROUP_PATH = "/apis/kubernetesexecution.kubernaut.io/v1alpha1"
+TERMINAL = ("Completed", "Failed", "RollbackReady")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Kexec:
+    """Drives the controller process and talks to the API as admin."""
+
+    def __init__(self, cp: ControlPlane, dsn: str) -> None:
+        self.cp = cp
+        self.dsn = dsn
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.http_port = free_port()
+        self.log_dir = Path(cp.log_dir or "/tmp")
+        self.kubeconfig = self.log_dir.parent / "kexec-controller.kubeconfig"
+
+    # --- admin API ---------------------------------------------------------------------
+    def api(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.cp.api(method, path, body, **kw)
+
+    def try_api(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        try:
+            return 200, self.api(method, path, body, **kw)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, raw.decode(errors="replace")
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = self.cp.kubectl(*args, check=False)
+        if check and proc.returncode:
+            raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
+        return proc
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        proc = subprocess.run(
+            [str(self.cp.bin_dir / "kubectl"), "--kubeconfig", str(self.cp.kubeconfig),
+             "apply", "--server-side", "--force-conflicts", "-f", "-"],
+            input=json.dumps(obj), text=True, capture_output=True)
+        if proc.returncode:
+            raise AssertionError(proc.stderr)
+
+    def namespace(self, name: str, **labels: str) -> str:
+        self.apply({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": name, "labels": labels}})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the SA controller makes "default"
+            code, _ = self.try_api("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            if code == 200:
+                return name
+            time.sleep(0.1)
+        return name
+
+    # --- setup ------------------------------------------------------------------------
+    def install(self) -> None:
+        self.namespace(NS_CTRL)
+        for path in ("deploy/crd.yaml", "deploy/rbac"):
+            self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / path))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                     "crd/kubernetesexecutions.kubernetesexecution.kubernaut.io")
+        self.namespace(NS_CTRL)
+        self.kubectl("create", "serviceaccount", "kexec-controller", "-n", NS_CTRL, check=False)
+        token = self.api("POST", f"/api/v1/namespaces/{NS_CTRL}/serviceaccounts/kexec-controller/token",
+                         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                          "spec": {"expirationSeconds": 86400}})["status"]["token"]
+        admin = yaml.safe_load(Path(self.cp.kubeconfig).read_text())
+        cluster = admin["clusters"][0]
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": "kexec-controller", "user": {"token": token}}],
+            "contexts": [{"name": "kexec", "context": {"cluster": cluster["name"],
+                                                         "user": "kexec-controller"}}],
+            "current-context": "kexec",
+        }))
+
+    def start_controller(self, identity: str = "e2e-1", *extra: str,
+                         http_port: int | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"kexec-controller-{identity}.log", "ab")  # noqa: SIM115
+        argv = [
+            str(Path(sys.executable).with_name("kexec")), "controller",
+            "--kubeconfig", str(self.kubeconfig), "--namespace", NS_CTRL,
+            "--trusted-namespaces", NS_CTRL, "--audit-dsn", self.dsn,
+            "--policy-dir", str(ROOT / "policies"), "--image", "kexec:e2e",
+            "--http-addr", f"127.0.0.1:{self.http_port if http_port is None else http_port}",
+            "--identity", identity, "--workers", "16", *extra,
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("KUBECONFIG", None)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_controller(self, proc: subprocess.Popen[bytes], kill: bool = False) -> None:
+        if proc.poll() is None:
+            proc.kill() if kill else proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            self.stop_controller(proc)
+
+    def controller_log(self, identity: str = "e2e-1") -> str:
+        path = self.log_dir / f"kexec-controller-{identity}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- executions -----------------------------------------------------------------------
+    def create(self, namespace: str, action: str, params: dict[str, Any], *,
+               name: str | None = None, **spec: Any) -> str:
+        from kexec.domain.actions import ACTIONS
+
+        name = name or f"{action.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+        body = {"apiVersion": "kubernetesexecution.kubernaut.io/v1alpha1",
+                "kind": "KubernetesExecution", "metadata": {"name": name},
+                "spec": {"action": action, "parameters": {ACTIONS[action].key: params}, **spec}}
+        self.api("POST", f"{GROUP_PATH}/namespaces/{namespace}/kubernetesexecutions", body)
+        return name
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self.api("GET", f"{GROUP_PATH}/namespaces/{namespace}/kubernetesexecutions/{name}"))
+
+    def wait(self, namespace: str, name: str, phases: tuple[str, ...] = TERMINAL,
+             timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        obj: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            obj = self.get(namespace, name)
+            if (obj.get("status") or {}).get("phase") in phases:
+                return obj
+            time.sleep(0.1)
+        raise AssertionError(
+            f"{namespace}/{name} not in {phases} after {timeout}s: "
+            f"{json.dumps(obj.get('status'), indent=1)}\n--- controller log tail:\n"
+            f"{self.controller_log()[-3000:]}")
+
+    def until(self, check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what or check}")
+
+    def jobs_for(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        sel = f"kubernetesexecution.kubernaut.io/execution={name}"
+        return list(self.api("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector={sel}")["items"])
+
+    def events_for(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        sel = f"involvedObject.name={name}"
+        return list(self.api("GET", f"/api/v1/namespaces/{namespace}/events?fieldSelector={sel}")["items"])
+
+
+@pytest.fixture(scope="session")
+def kexec(control_plane: ControlPlane, node_simulator: Any, postgres_server: Any) -> Iterator[Kexec]:
+    dsn = postgres_server.create_database(f"kexec_e2e_{uuid.uuid4().hex[:6]}")
+    env = Kexec(control_plane, dsn)
+    env.install()
+    env.start_controller("e2e-1", "--no-leader-elect", http_port=0)
+    try:
+        yield env
+    finally:
+        env.stop()
