@@ -71,13 +71,37 @@ if command -v flock >/dev/null 2>&1; then
         echo "$FINAL"
         exit 0
     fi
+    # We hold the lock, so any temp dir left is from a killed build.
+    rm -rf "$BIN_ROOT"/.tmp-*
 fi
 
 TMP="$(mktemp -d "$BIN_ROOT/.tmp-$HASH-XXXXXX")"
 chmod 755 "$TMP"
+CHILD=""
 cleanup() { rm -rf "$TMP"; }
+on_signal() {
+    # go runs in its own process group (see run_go); stop it and its compilers too.
+    if [ -n "$CHILD" ]; then kill -TERM -- "-$CHILD" 2>/dev/null || kill -TERM "$CHILD" 2>/dev/null || true; fi
+    log "interrupted; discarding $TMP"
+    exit 130
+}
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap on_signal INT TERM HUP
+
+# Run a go command in the background (own process group when setsid exists) and
+# wait for it, so a signal to this script is handled at once and stops the build.
+run_go() {
+    if command -v setsid >/dev/null 2>&1; then
+        setsid "$@" >&2 &
+    else
+        "$@" >&2 &
+    fi
+    CHILD=$!
+    wait "$CHILD"
+    local rc=$?
+    CHILD=""
+    return "$rc"
+}
 
 start=$(date +%s)
 log "building into $TMP ($GOVER, GOMODCACHE=$(go env GOMODCACHE))"
@@ -92,24 +116,21 @@ for p in "$VPKG_CG" "$VPKG_CB"; do
     KLDFLAGS+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
 done
 
-(
-    cd "$CP"
-    log "go mod download (kubernetes graph)"
-    go mod download
-    log "go build kube-apiserver kube-controller-manager kubectl etcd"
-    go build -trimpath -ldflags="$KLDFLAGS" -o "$TMP/" \
-        k8s.io/kubernetes/cmd/kube-apiserver \
-        k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kubectl \
-        ./etcd
-) >&2
-(
-    cd "$CP/opa"
-    log "go mod download (opa graph)"
-    go mod download
-    log "go build opa"
-    go build -trimpath -ldflags="-s -w" -o "$TMP/opa" github.com/open-policy-agent/opa
-) >&2
+cd "$CP"
+log "go mod download (kubernetes graph)"
+run_go go mod download
+log "go build kube-apiserver kube-controller-manager kubectl etcd"
+run_go go build -trimpath -ldflags="$KLDFLAGS" -o "$TMP/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl \
+    ./etcd
+cd "$CP/opa"
+log "go mod download (opa graph)"
+run_go go mod download
+log "go build opa"
+run_go go build -trimpath -ldflags="-s -w" -o "$TMP/opa" github.com/open-policy-agent/opa
+cd "$ROOT"
 
 for b in "${BINARIES[@]}"; do
     [ -x "$TMP/$b" ] || die "missing $b after build"

@@ -57,6 +57,28 @@ class Kexec:
             except ValueError:
                 return exc.code, raw.decode(errors="replace")
 
+    def token_for(self, namespace: str, service_account: str) -> str:
+        return str(self.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                             "spec": {"expirationSeconds": 600}})["status"]["token"])
+
+    def as_token(self, token: str, method: str, path: str, body: Any = None) -> int:
+        """HTTP status of a request made with a bearer token (RBAC as that identity)."""
+        import ssl
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=str(self.cp.ca_file))
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(str(self.cp.server) + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token}")
+        req.add_header("Content-Type", "application/merge-patch+json" if method == "PATCH"
+                       else "application/json")
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = self.cp.kubectl(*args, check=False)
         if check and proc.returncode:

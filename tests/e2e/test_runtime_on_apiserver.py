@@ -152,23 +152,41 @@ async def test_informer_sees_add_update_delete(api: ApiClient, namespace: str) -
 async def test_informer_survives_watch_timeouts_and_bookmarks(
         api: ApiClient, namespace: str) -> None:
     """Short server-side timeouts: the watch is re-opened from the last resourceVersion
-    (no re-list); bookmarks, when the server sends them, only move the resourceVersion."""
+    (no re-list). Writes the selector filters out make the server send BOOKMARKs; they
+    move the resourceVersion on and never reach handlers."""
     core = client.CoreV1Api(api)
+    await core.create_namespaced_config_map(namespace, _cm("seen"))
+    await core.create_namespaced_config_map(namespace, {"metadata": {"name": "noise"}})
     rec = Recorder()
     inf = Informer(api, "", "v1", "configmaps", namespace=namespace, on_event=rec,
-                   timeout_seconds=2)
+                   label_selector="test=informer", timeout_seconds=3)
     inf.start()
     try:
         async with asyncio.timeout(10):
             await inf.wait_synced()
-        await eventually(lambda: inf.stats.watches >= 3, within=20, what="3 watch cycles")
+        synced_rv = int(inf.resource_version or 0)
+
+        async def churn() -> None:  # changes the informer does not see
+            for i in range(200):
+                await core.patch_namespaced_config_map("noise", namespace, {"data": {"i": str(i)}})
+                await asyncio.sleep(0.1)
+
+        churner = asyncio.create_task(churn())
+        try:
+            await eventually(lambda: inf.stats.bookmarks >= 1 and inf.stats.watches >= 3,
+                             within=25, what="a bookmark and 3 watch cycles")
+        finally:
+            churner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await churner
+        assert int(inf.resource_version or 0) > synced_rv, "bookmarks advance the RV"
         await core.create_namespaced_config_map(namespace, _cm("late"))
         await eventually(lambda: rec.of("late") == ["ADDED"], what="event after re-watches")
         assert inf.stats.lists == 1, "a server-side timeout must not cause a re-list"
         assert inf.stats.errors == 0 and inf.stats.expired == 0
         print(f"\ninformer stats after re-watches: {inf.stats}")
-        assert all(t in ("ADDED", "MODIFIED", "DELETED") for t, _, _ in rec.events), \
-            "BOOKMARKs must not reach handlers"
+        assert [n for _, n, _ in rec.events] == ["seen", "late"], \
+            "BOOKMARKs and filtered-out objects must not reach handlers"
     finally:
         await inf.stop()
 
@@ -349,7 +367,7 @@ async def test_leader_release_hands_over_fast(
     takeover = time.monotonic() - t0
     print(f"\ntakeover after release: {takeover:.2f}s (retry period 2s)")
     assert takeover < 2 * 1.2 + 1.5
-    assert standby.started_at is not None
+    await eventually(lambda: standby.started_at is not None, within=2, what="leading work")
     after = await _lease(api, namespace, "runtime-test")
     assert after["holder"] == standby.elector.identity
     assert after["transitions"] == (lease["transitions"] or 0) + 1

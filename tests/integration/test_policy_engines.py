@@ -105,7 +105,7 @@ async def test_opa_answers_the_decision_document(opa_url: str) -> None:
     assert (denied.allowed, [v.rule for v in denied.violations]) == (False, ["protected_namespace"])
     assert denied.violations[0].message == "namespace kube-system is protected"
     assert approval.allowed and approval.requires_approval
-    assert not garbage.allowed and {v.rule for v in garbage.violations} == {"invalid_input"}
+    assert not garbage.allowed and {v.rule for v in garbage.violations} == {"invalid_input", "unknown_action"}
 
 
 async def test_both_engines_agree_on_a_decision(opa_url: str) -> None:

@@ -1,7 +1,7 @@
 """Parity: the embedded engine (regopy) and a real OPA server decide identically.
 
 Inputs: every fixture of policies/testdata (the ones `opa test` uses, each under
-its configuration) plus 320 inputs from a seeded generator covering all actions,
+its configuration) plus 400 inputs from a seeded generator covering all actions,
 edge values and malformed documents, under four configurations. Both the domain
 decision (allowed, requires_approval, violations) and the raw decision document
 (messages, approval_reasons) must be equal.
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.opa
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SEED = 20250611
-GENERATED = 320
+GENERATED = 400
 
 
 def _opa_binary() -> Path:
@@ -391,8 +391,8 @@ def generate_input(rng: random.Random) -> dict[str, Any]:
         "cluster": {"nodes": nodes, "activeExecutions": active},
         "time": {"now": now_text, "weekday": now.weekday(), "hour": now.hour, "minute": now.minute},
     }
-    if rng.random() < 0.06:  # malformed documents must be denied the same way
-        corruption = rng.randint(0, 5)
+    if rng.random() < 0.08:  # malformed documents must be denied the same way
+        corruption = rng.randint(0, 9)
         if corruption == 0:
             del doc["time"]
         elif corruption == 1:
@@ -403,8 +403,16 @@ def generate_input(rng: random.Random) -> dict[str, Any]:
             doc["cluster"]["nodes"].append({"name": "half"})
         elif corruption == 4:
             doc["time"]["now"] = "yesterday"
-        else:
+        elif corruption == 5:
             doc["target"]["namespace"] = None
+        elif corruption == 6:
+            del doc["execution"]["action"]
+        elif corruption == 7:
+            doc["cluster"]["nodes"].append("worker-9")
+        elif corruption == 8:
+            doc["execution"]["parameters"] = {}
+        else:
+            doc["target"]["name"] = 'we"ird\\name'
     return doc
 
 
@@ -421,7 +429,7 @@ async def test_generated_inputs_decide_the_same_on_both_engines(engines: Engines
             outcomes["allow" if got["allow"] else "deny"] += 1
             outcomes["approval"] += bool(got["requires_approval"])
             rules |= {v["rule"] for v in got["violations"]}
-            actions.add(doc["execution"]["action"])
+            actions.add(doc["execution"].get("action", ""))
     # The generator must actually exercise the policy, not just one path.
     assert sum(outcomes[k] for k in ("allow", "deny")) == GENERATED
     assert outcomes["allow"] >= 40 and outcomes["deny"] >= 40 and outcomes["approval"] >= 20, outcomes

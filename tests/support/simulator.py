@@ -55,6 +55,7 @@ from kubernetes_asyncio import config as k8s_config
 from tests.support.controlplane import _pdeathsig, register_cleanup, unregister_cleanup
 
 JOB_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+RESYNC_SECONDS = 120.0
 TERMINATION_MSG_MAX = 4096
 FALLBACK_LOG_MAX = 2048
 DEFAULT_PASSTHROUGH_ENV = (
@@ -239,27 +240,43 @@ class _Sim:
         query: list[tuple[str, Any]] | None = None,
         content_type: str | None = None,
         request_timeout: float = 30.0,
+        attempts: int = 4,
     ) -> Any:
+        """One REST call; retries 429/5xx and connection errors; raises ApiError otherwise."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        r = await self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(total=request_timeout),
-        )
-        try:
-            data = await r.read()
-        finally:
-            r.release()
-        if not 200 <= r.status < 300:
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                r = await self.api.call_api(
+                    path,
+                    method,
+                    query_params=list(query or []),
+                    header_params=dict(headers),
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _request_timeout=aiohttp.ClientTimeout(total=request_timeout),
+                )
+                try:
+                    data = await r.read()
+                finally:
+                    r.release()
+            except (TimeoutError, aiohttp.ClientError) as e:
+                if last or self.stopping.is_set():
+                    raise
+                self.log.warning("%s %s: %r; retrying", method, path, e)
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            if 200 <= r.status < 300:
+                return json.loads(data) if data else None
+            if (r.status == 429 or r.status >= 500) and not last and not self.stopping.is_set():
+                self.log.warning("%s %s: HTTP %d; retrying", method, path, r.status)
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
             raise ApiError(r.status, data.decode(errors="replace"))
-        return json.loads(data) if data else None
+        raise AssertionError("unreachable")
 
     def spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
         async def guarded() -> None:
@@ -413,9 +430,13 @@ class _Sim:
     async def watch_pods(self) -> None:
         rv: str | None = None
         backoff = 0.2
+        last_list = 0.0
         while not self.stopping.is_set():
             try:
+                if time.monotonic() - last_list > RESYNC_SECONDS:
+                    rv = None  # periodic relist: re-drives pods whose handling failed
                 if rv is None:
+                    last_list = time.monotonic()
                     data = await self.req("GET", "/api/v1/pods", request_timeout=60)
                     rv = data["metadata"]["resourceVersion"]
                     seen = set()
@@ -444,7 +465,7 @@ class _Sim:
                 backoff = min(backoff * 2, 5)
 
     async def watch_once(self, rv: str) -> str:
-        query = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"), ("timeoutSeconds", "240")]
+        query = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"), ("timeoutSeconds", "60")]
         r = await self.api.call_api(
             "/api/v1/pods",
             "GET",
@@ -539,7 +560,12 @@ class _Sim:
         reported = False
         try:
             while not self.stopping.is_set():
-                nodes = await self.nodes()
+                try:
+                    nodes = await self.nodes()
+                except Exception as e:
+                    self.log.warning("listing nodes failed, will retry: %r", e)
+                    await asyncio.sleep(1.0)
+                    continue
                 load = {n: 0 for n in self.node_index}
                 for assigned in self.pod_node.values():
                     load[assigned] = load.get(assigned, 0) + 1
@@ -565,14 +591,16 @@ class _Sim:
                         self.log.info("bound %s/%s to %s", ns, name, target)
                     except ApiError as e:
                         self.pod_node.pop(uid, None)
-                        if e.status not in (404, 409):
-                            raise
-                        self.log.info("binding %s/%s: %s", ns, name, e)
+                        if e.status in (404, 409) or "NamespaceTerminating" in e.body:
+                            self.log.info("binding %s/%s: %s", ns, name, e)
+                            return
+                        self.log.warning("binding %s/%s failed, will retry: %s", ns, name, e)
                     except BaseException:
                         self.pod_node.pop(uid, None)
                         raise
-                    return
-                if not reported:
+                    else:
+                        return
+                elif not reported:
                     reported = True
                     msg = f"0/{len(nodes)} nodes are available: " + "; ".join(reasons or ["no simulated nodes"])
                     self.log.info("cannot schedule %s/%s: %s", ns, name, msg)
@@ -598,7 +626,11 @@ class _Sim:
                 except ApiError as e:
                     if e.status == 404:
                         return
-                    raise
+                    self.log.warning("re-reading pending pod %s/%s failed: %s", ns, name, e)
+                    continue
+                except Exception as e:
+                    self.log.warning("re-reading pending pod %s/%s failed: %r", ns, name, e)
+                    continue
                 if (
                     pod["metadata"]["uid"] != uid
                     or pod["spec"].get("nodeName")

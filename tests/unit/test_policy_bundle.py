@@ -34,9 +34,7 @@ def test_tests_can_be_included() -> None:
     assert "kexec/safety/decision_test.rego" in policy_set.modules
 
 
-def test_default_policy_dir_honours_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_policy_dir_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KEXEC_POLICY_DIR", raising=False)
     assert (default_policy_dir() / "kexec" / "safety" / "decision.rego").is_file()
     (tmp_path / "p.rego").write_text("package kexec.safety\n")
@@ -71,9 +69,7 @@ def test_data_is_copied_not_shared() -> None:
         ({"a.rego": "package x\n"}, "[1, 2]", "must be a JSON object"),
     ],
 )
-def test_invalid_sources_are_refused(
-    modules: dict[str, str], data: str | None, message: str
-) -> None:
+def test_invalid_sources_are_refused(modules: dict[str, str], data: str | None, message: str) -> None:
     with pytest.raises(PolicyLoadError, match=message):
         policy_set_from_sources(modules, data)
 

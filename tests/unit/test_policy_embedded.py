@@ -159,7 +159,7 @@ async def test_garbage_input_is_denied_not_an_error(engine: EmbeddedPolicy) -> N
     for garbage in ({}, {"execution": "x"}, {"time": None, "cluster": 3}):
         decision = await engine.decide(garbage)
         assert decision.allowed is False
-        assert {v.rule for v in decision.violations} == {"invalid_input"}
+        assert "invalid_input" in {v.rule for v in decision.violations}
 
 
 async def test_concurrent_decisions_each_get_their_own_answer(engine: EmbeddedPolicy) -> None:
@@ -252,9 +252,7 @@ def test_malformed_decision_document_is_refused() -> None:
 def test_valid_custom_configuration_is_accepted() -> None:
     overrides = {
         "max_replicas": 10,
-        "freeze_windows": [
-            {"name": "weekend", "weekdays": [5, 6], "start_hour": 0, "end_hour": 24}
-        ],
+        "freeze_windows": [{"name": "weekend", "weekdays": [5, 6], "start_hour": 0, "end_hour": 24}],
         "business_hours": {
             "enabled": True,
             "weekdays": [0, 1, 2, 3, 4],

@@ -62,9 +62,7 @@ async def test_undefined_document_denies() -> None:
         (httpx.Response(200, json=[1]), "non-object"),
     ],
 )
-async def test_bad_answers_make_the_engine_unavailable(
-    response: httpx.Response, message: str
-) -> None:
+async def test_bad_answers_make_the_engine_unavailable(response: httpx.Response, message: str) -> None:
     with pytest.raises(PolicyUnavailable, match=message):
         await opa(lambda r: response).decide({})
 
@@ -105,9 +103,7 @@ async def test_config_errors() -> None:
 async def test_own_client_is_closed_shared_client_is_not() -> None:
     own = OpaHttpPolicy("http://opa.test")
     await own.aclose()
-    shared = httpx.AsyncClient(
-        transport=httpx.MockTransport(lambda r: httpx.Response(200, json={}))
-    )
+    shared = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json={})))
     policy = OpaHttpPolicy("http://opa.test", client=shared)
     await policy.aclose()
     assert not shared.is_closed

@@ -73,9 +73,7 @@ async def test_load_swaps_the_policy_and_publishes_metrics(
     assert (await policy.decide({"n": 5})).allowed is False
     assert metric(registry, "kexec_policy_version_info", version=old, source="initial") == 1
 
-    assert (
-        policy.load({"tiny.rego": TINY}, {"kexec": {"config": {"limit": 10}}}, source="cm") is True
-    )
+    assert policy.load({"tiny.rego": TINY}, {"kexec": {"config": {"limit": 10}}}, source="cm") is True
 
     assert (await policy.decide({"n": 5})).allowed is True
     assert policy.version != old
@@ -85,9 +83,7 @@ async def test_load_swaps_the_policy_and_publishes_metrics(
     assert metric(registry, "kexec_policy_version_info", version=old, source="initial") is None
 
 
-async def test_same_content_is_unchanged(
-    policy: ReloadablePolicy, registry: CollectorRegistry
-) -> None:
+async def test_same_content_is_unchanged(policy: ReloadablePolicy, registry: CollectorRegistry) -> None:
     assert policy.load({"tiny.rego": TINY}, '{"kexec": {"config": {"limit": 3}}}') is False
     assert metric(registry, "kexec_policy_reload_total", result="unchanged") == 1
 
@@ -204,9 +200,7 @@ class Recorder:
         self.changes.append(version)
 
 
-def source_for(
-    policy: ReloadablePolicy, client: ScriptedClient, recorder: Recorder
-) -> ConfigMapPolicySource:
+def source_for(policy: ReloadablePolicy, client: ScriptedClient, recorder: Recorder) -> ConfigMapPolicySource:
     return ConfigMapPolicySource(
         policy,
         namespace="kubernaut-system",
@@ -253,13 +247,9 @@ async def test_broken_update_is_reported_once_and_the_last_good_stays(
     await source.resync()
     good = policy.version
 
-    rv = await source.handle_event(
-        {"type": "MODIFIED", "object": configmap("11", cm_data(9, BROKEN))}, "10"
-    )
+    rv = await source.handle_event({"type": "MODIFIED", "object": configmap("11", cm_data(9, BROKEN))}, "10")
     assert rv == "11"
-    rv = await source.handle_event(
-        {"type": "MODIFIED", "object": configmap("12", cm_data(9, BROKEN))}, rv
-    )
+    rv = await source.handle_event({"type": "MODIFIED", "object": configmap("12", cm_data(9, BROKEN))}, rv)
     assert policy.version == good
     assert len(recorder.errors) == 1
     assert "safety-policies (resourceVersion 11) rejected" in recorder.errors[0]
@@ -293,10 +283,7 @@ async def test_delete_falls_back_bookmark_only_moves_the_version(
     assert await source.handle_event(bookmark, "10") == "20"
     assert metric(registry, "kexec_policy_reload_total", result="success") == 1
 
-    assert (
-        await source.handle_event({"type": "DELETED", "object": configmap("21", cm_data(50))}, "20")
-        == "21"
-    )
+    assert await source.handle_event({"type": "DELETED", "object": configmap("21", cm_data(50))}, "20") == "21"
     assert policy.version == tiny(1).version
 
 
@@ -345,9 +332,7 @@ async def test_kubernetes_client_lists_and_streams_a_watch(aiohttp_free_port: in
         assert request.match_info["ns"] == "kubernaut-system"
         if request.query.get("watch", "").lower() != "true":
             items = [configmap("10", cm_data(5))]
-            return web.json_response(
-                {"kind": "ConfigMapList", "metadata": {"resourceVersion": "10"}, "items": items}
-            )
+            return web.json_response({"kind": "ConfigMapList", "metadata": {"resourceVersion": "10"}, "items": items})
         if request.query.get("resourceVersion") == "1":
             return web.json_response({"kind": "Status", "code": 410}, status=410)
         response = web.StreamResponse()
@@ -428,3 +413,12 @@ def aiohttp_free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_default_fallback_is_the_policy_it_started_with(policy: ReloadablePolicy) -> None:
+    initial = policy.policy_set
+    source = ConfigMapPolicySource(policy, namespace="kubernaut-system", client=ScriptedClient(None))
+    await source.handle_event({"type": "ADDED", "object": configmap("5", cm_data(50))}, "4")
+    assert policy.policy_set != initial
+    await source.handle_event({"type": "DELETED", "object": configmap("6", cm_data(50))}, "5")
+    assert policy.policy_set == initial

@@ -78,8 +78,12 @@ _weekday_list(xs) if {
 	}
 }
 
+_config_or_null := c if {
+	c := data.kexec.config
+} else := null
+
 config_errors contains msg if {
-	not is_object(config)
+	not is_object(_config_or_null)
 	msg := "data.kexec.config must be an object"
 }
 

@@ -23,7 +23,16 @@ node_actions := {"cordon_node", "drain_node", "uncordon_node"}
 # Actions that take a node out of scheduling.
 node_removing_actions := {"cordon_node", "drain_node"}
 
-action := input.execution.action
+# Parity rule for this whole policy: never negate a call (or `in`) whose
+# argument may be undefined. OPA evaluates `not f(x.y)` as undefined when x.y
+# is undefined (the argument is evaluated outside the negation), regopy as
+# true. Hence the object.get defaults and the always-defined accessors.
+
+# The requested action; "" when absent or not a string (input_errors says so).
+action := a if {
+	a := input.execution.action
+	is_string(a)
+} else := ""
 
 # Built with object.get so that a missing field yields {} rather than an
 # undefined value (which would make every rule using it undefined).
@@ -102,6 +111,7 @@ desired_replicas contains r if {
 	action == "patch_deployment"
 	is_array(params.patch)
 	some op in params.patch
+	is_object(op)
 	object.get(op, "op", "") in {"add", "replace"}
 	object.get(op, "path", "") == "/spec/replicas"
 	r := op.value
@@ -172,6 +182,7 @@ image_change if {
 	action == "patch_deployment"
 	is_array(params.patch)
 	some op in params.patch
+	is_object(op)
 	some key in ["path", "from"]
 	p := object.get(op, key, null)
 	is_string(p)
@@ -180,8 +191,9 @@ image_change if {
 
 image_change if {
 	action == "patch_deployment"
-	not is_object(params.patch)
-	not is_array(params.patch)
+	patch := object.get(params, "patch", null)
+	not is_object(patch)
+	not is_array(patch)
 }
 
 # Applying a workload manifest sets its images.
@@ -263,6 +275,7 @@ input_ok if {
 	is_string(input.target.name)
 	is_string(input.namespace.name)
 	is_object(input.cluster.activeExecutions)
+	is_array(input.cluster.nodes)
 	is_string(input.time.now)
 	input.time.weekday in {0, 1, 2, 3, 4, 5, 6}
 	is_number(input.time.hour)
@@ -301,9 +314,13 @@ _valid_node(node) if {
 }
 
 # time.now is needed only to match absolute freeze windows.
-now_errors contains "input.time.now must be an RFC 3339 UTC timestamp (suffix Z)" if {
+_has_absolute_window if {
 	some w in config.freeze_windows
 	is_string(w.start)
+}
+
+now_errors contains "input.time.now must be an RFC 3339 UTC timestamp (suffix Z)" if {
+	_has_absolute_window
 	not now_ns
 }
 
@@ -352,12 +369,12 @@ input_errors contains msg if {
 
 input_errors contains msg if {
 	action == "scale_deployment"
-	not _int_between(params.replicas, 0, _max_count)
+	not _int_between(object.get(params, "replicas", null), 0, _max_count)
 	msg := "parameters.replicas must be a non-negative integer"
 }
 
 input_errors contains msg if {
 	action == "apply_manifest"
-	not is_string(manifest.kind)
+	not is_string(object.get(manifest, "kind", null))
 	msg := "parameters.manifest must be an object with a kind"
 }

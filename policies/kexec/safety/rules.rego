@@ -27,8 +27,9 @@ _config_messages := config_errors if count(config_errors) > 0
 
 else := {"data.kexec.config is invalid"}
 
-violation contains {"rule": "unknown_action", "message": sprintf("unknown action %s", [printable(action)])} if {
+violation contains {"rule": "unknown_action", "message": msg} if {
 	not action in actions
+	msg := sprintf("unknown action %s", [printable(action)])
 }
 
 # --- namespaces ----------------------------------------------------------------
@@ -143,14 +144,14 @@ violation contains {"rule": "control_plane_node", "message": msg} if {
 _counts_toward_capacity(node) if {
 	node.ready == true
 	node.unschedulable == false
-	not node.name in target_node_names
+	not _node_name(node) in target_node_names
 	not node.controlPlane == true
 }
 
 _counts_toward_capacity(node) if {
 	node.ready == true
 	node.unschedulable == false
-	not node.name in target_node_names
+	not _node_name(node) in target_node_names
 	node.controlPlane == true
 	config.count_control_plane_nodes == true
 }
@@ -170,10 +171,15 @@ violation contains {"rule": "min_schedulable_nodes", "message": msg} if {
 
 # Another node that is unschedulable (cordoned, possibly being drained) blocks
 # a drain: the policy cannot tell a cordon from a drain in progress.
+_node_name(node) := n if {
+	n := node.name
+	is_string(n)
+} else := ""
+
 _other_unschedulable_nodes := sort([printable(node.name) |
 	some node in _nodes
 	node.unschedulable == true
-	not node.name in target_node_names
+	not _node_name(node) in target_node_names
 ])
 
 violation contains {"rule": "concurrent_drain", "message": msg} if {
@@ -189,7 +195,7 @@ _manifest_kinds contains manifest.kind
 
 _manifest_kinds contains input.target.kind
 
-_manifest_kinds contains "" if not is_string(manifest.kind)
+_manifest_kinds contains "" if not is_string(object.get(manifest, "kind", null))
 
 violation contains {"rule": "manifest_kind_not_allowed", "message": msg} if {
 	action == "apply_manifest"

@@ -272,6 +272,7 @@ class ReconcileExecution:
             ttl_seconds_after_finished=self.settings.job_ttl_seconds,
             labels={"kubernetesexecution.kubernaut.io/execution": ex.name[:63],
                     "kubernetesexecution.kubernaut.io/action": action.name.replace("_", "-")},
+            avoid_nodes=_avoid(action, params),
         ))
         new = ex.copy()
         run = new.status.setdefault("execution", {})
@@ -357,6 +358,7 @@ class ReconcileExecution:
             env=runner_env(ex, action, spec.parameters, guard, left, self.clock.now()),
             backoff_limit=spec.max_retries, active_deadline_seconds=left,
             ttl_seconds_after_finished=self.settings.job_ttl_seconds,
+            avoid_nodes=_avoid(action, params),
         ))
         return StepResult(requeue_after=self.settings.requeue_poll_seconds)
 
@@ -488,6 +490,12 @@ def runner_env(
         "KEXEC_STARTED_AT": iso(now),
     }
 
+
+
+def _avoid(action: Action[Any], params: Any) -> tuple[str, ...]:
+    """A node action's Job never runs on the node it cordons or drains."""
+    target = action.target(params)
+    return (target.name,) if target.kind == "Node" else ()
 
 
 def _active_by_namespace(others: list[Execution], ex: Execution) -> dict[str, int]:

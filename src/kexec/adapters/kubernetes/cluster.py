@@ -7,6 +7,7 @@ per-action ServiceAccount for reads and server-side dry runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from kexec.application.ports.cluster import (
     JobState,
     Unavailable,
 )
+from kexec.domain.actions import ACTIONS
 from kexec.domain.execution import (
     API_VERSION,
     GROUP,
@@ -279,11 +281,36 @@ class KubernetesCluster:
             query=query, body=mutation.body, content_type=CONTENT_TYPES[mutation.patch_type],
             identity=identity)
 
-    async def _create(self, path: str, body: dict[str, Any]) -> None:
+    async def _create(self, path: str, body: dict[str, Any]) -> bool:
+        """Create unless it exists; True when this call created it."""
         try:
             await self.request("POST", path, body=body)
+            return True
         except AlreadyExists:
-            pass
+            return False
+
+    async def _await_rbac(self, identity: Identity, action: str, namespace: str) -> None:
+        """A new binding takes a moment to reach the authorizer: wait until it does, so
+        the dry run that follows is not refused by a race (SubjectAccessReview)."""
+        rule = ACTIONS[action].rules[0]
+        attrs = {"group": rule.api_groups[0], "resource": rule.resources[0].split("/")[0],
+                 "verb": rule.verbs[0]}
+        if "/" in rule.resources[0]:
+            attrs["subresource"] = rule.resources[0].split("/", 1)[1]
+        if namespace:
+            attrs["namespace"] = namespace
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                  "spec": {"user": identity.username, "resourceAttributes": attrs,
+                           "groups": ["system:serviceaccounts",
+                                      f"system:serviceaccounts:{identity.namespace}",
+                                      "system:authenticated"]}}
+        for _ in range(50):
+            answer = await self.request(
+                "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=review)
+            if (answer.get("status") or {}).get("allowed"):
+                return
+            await asyncio.sleep(0.05)
+        log.warning("binding of %s to %s not effective after 2.5s", identity.username, action)
 
     async def ensure_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
         key = (identity.username, action, target_namespace)
@@ -305,13 +332,15 @@ class KubernetesCluster:
         }
         if target_namespace:
             binding["metadata"]["namespace"] = target_namespace
-            await self._create(path_for("RoleBinding", target_namespace),
-                               {"apiVersion": "rbac.authorization.k8s.io/v1",
-                                "kind": "RoleBinding", **binding})
+            created = await self._create(path_for("RoleBinding", target_namespace),
+                                         {"apiVersion": "rbac.authorization.k8s.io/v1",
+                                          "kind": "RoleBinding", **binding})
         else:
-            await self._create(path_for("ClusterRoleBinding"),
-                               {"apiVersion": "rbac.authorization.k8s.io/v1",
-                                "kind": "ClusterRoleBinding", **binding})
+            created = await self._create(path_for("ClusterRoleBinding"),
+                                         {"apiVersion": "rbac.authorization.k8s.io/v1",
+                                          "kind": "ClusterRoleBinding", **binding})
+        if created:
+            await self._await_rbac(identity, action, target_namespace)
         self._ensured.add(key)
 
     # --- Jobs ----------------------------------------------------------------------------
@@ -345,6 +374,7 @@ class KubernetesCluster:
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
+                        **_avoid_nodes(job.avoid_nodes),
                         "serviceAccountName": job.service_account,
                         "restartPolicy": "Never",
                         "enableServiceLinks": False,
@@ -500,6 +530,15 @@ class KubernetesCluster:
 
 def _ref(kind: str, namespace: str, name: str) -> ObjectRef:
     return ObjectRef(kind, namespace, name)
+
+
+def _avoid_nodes(nodes: Sequence[str]) -> dict[str, Any]:
+    if not nodes:
+        return {}
+    term = {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "NotIn",
+                                  "values": list(nodes)}]}
+    return {"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}
 
 
 def _node_fact(node: dict[str, Any]) -> dict[str, Any]:

@@ -107,10 +107,7 @@ def load_policy_dir(path: str | os.PathLike[str], *, include_tests: bool = False
     root = Path(path)
     if not root.is_dir():
         raise PolicyLoadError(f"policy directory {root} does not exist")
-    modules = {
-        p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
-        for p in sorted(root.rglob("*.rego"))
-    }
+    modules = {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.rego"))}
     data_file = root / DATA_FILE
     data = data_file.read_text(encoding="utf-8") if data_file.is_file() else None
     return policy_set_from_sources(modules, data, source=f"dir:{root}", include_tests=include_tests)
@@ -217,11 +214,7 @@ def check_decision_document(doc: Any) -> str | None:
     if not isinstance(violations, list):
         return "decision.violations must be a list"
     for v in violations:
-        if not (
-            isinstance(v, dict)
-            and isinstance(v.get("rule"), str)
-            and isinstance(v.get("message"), str)
-        ):
+        if not (isinstance(v, dict) and isinstance(v.get("rule"), str) and isinstance(v.get("message"), str)):
             return "decision.violations entries must be {rule: string, message: string}"
     if doc["allow"] and violations:
         return "decision.allow is true although there are violations"

@@ -122,9 +122,7 @@ class _Slot:
             try:
                 self.interpreter.add_module(name, source)
             except regopy.RegoError as exc:
-                raise PolicyLoadError(
-                    f"module {name}: {_describe_rego_error(exc, policy_set.modules)}"
-                ) from exc
+                raise PolicyLoadError(f"module {name}: {_describe_rego_error(exc, policy_set.modules)}") from exc
         try:
             self.interpreter.add_data_json(json.dumps(policy_set.data))
         except regopy.RegoError as exc:
@@ -132,9 +130,7 @@ class _Slot:
         try:
             self.bundle = self.interpreter.build(_QUERY, [])
         except regopy.RegoError as exc:
-            raise PolicyLoadError(
-                f"compile: {_describe_rego_error(exc, policy_set.modules)}"
-            ) from exc
+            raise PolicyLoadError(f"compile: {_describe_rego_error(exc, policy_set.modules)}") from exc
         if not self.bundle.ok():
             raise PolicyLoadError("compile: rego-cpp could not build the policy bundle")
 
@@ -200,8 +196,7 @@ class CompiledPolicy:
             errors = slot.query(_CONFIG_ERRORS_QUERY)
         except (PolicyEvaluationError, regopy.RegoError) as exc:
             raise PolicyLoadError(
-                f"evaluating config_errors failed: "
-                f"{_describe_rego_error(exc, self.policy_set.modules)}"
+                f"evaluating config_errors failed: {_describe_rego_error(exc, self.policy_set.modules)}"
             ) from exc
         if errors:
             items = errors if isinstance(errors, list) else [errors]

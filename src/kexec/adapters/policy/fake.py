@@ -32,9 +32,7 @@ class FakePolicy:
 
     @classmethod
     def denying(cls, rule: str = "fake", message: str = "denied by the fake policy") -> FakePolicy:
-        return cls(
-            PolicyDecision(allowed=False, violations=(Violation(rule, message),), engine=ENGINE)
-        )
+        return cls(PolicyDecision(allowed=False, violations=(Violation(rule, message),), engine=ENGINE))
 
     def set_decision(self, decision: PolicyDecision) -> None:
         self.decision = decision

@@ -73,21 +73,14 @@ class OpaHttpPolicy:
             raise PolicyUnavailable(f"policy input is not JSON: {exc}") from exc
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._client.post(
-                    url, content=content, headers={"Content-Type": "application/json"}
-                )
+                response = await self._client.post(url, content=content, headers={"Content-Type": "application/json"})
         except TimeoutError as exc:
-            raise PolicyUnavailable(
-                f"OPA at {self._base_url} did not answer within {self._timeout:g}s"
-            ) from exc
+            raise PolicyUnavailable(f"OPA at {self._base_url} did not answer within {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise PolicyUnavailable(
-                f"OPA at {self._base_url} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise PolicyUnavailable(f"OPA at {self._base_url} unreachable: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             raise PolicyUnavailable(
-                f"OPA at {self._base_url} answered HTTP {response.status_code}: "
-                f"{response.text[:300]}"
+                f"OPA at {self._base_url} answered HTTP {response.status_code}: {response.text[:300]}"
             )
         try:
             body = response.json()

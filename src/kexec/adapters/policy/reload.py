@@ -218,9 +218,7 @@ class KubernetesConfigMapClient:
     retries a 410 only once.
     """
 
-    def __init__(
-        self, api_client: Any, *, request_timeout: float = 10.0, connect_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, api_client: Any, *, request_timeout: float = 10.0, connect_timeout: float = 5.0) -> None:
         from kubernetes_asyncio.client import CoreV1Api
 
         self._api_client = api_client
@@ -302,6 +300,8 @@ class ConfigMapPolicySource:
     calls ``on_error(message)`` (the controller emits an Event / condition) and
     the last good policy stays active; the same broken content is reported
     once. ``on_change(version)`` is called after a new policy became active.
+    ``fallback`` (the baked-in set) defaults to the set ``policy`` holds when the
+    source is created.
     """
 
     def __init__(
@@ -328,7 +328,8 @@ class ConfigMapPolicySource:
         self._client = client
         self.namespace = namespace
         self.name = name
-        self._fallback = fallback
+        # The baked-in set: what the policy was built with, unless given.
+        self._fallback = fallback if fallback is not None else policy.policy_set
         self._on_error = on_error
         self._on_change = on_change
         self._watch_timeout_seconds = watch_timeout_seconds
@@ -427,8 +428,6 @@ class ConfigMapPolicySource:
     # --- applying ---------------------------------------------------------------
 
     def _fallback_set(self) -> PolicySet:
-        if self._fallback is None:
-            self._fallback = load_default_policy_set()
         return self._fallback
 
     def candidate(self, obj: Mapping[str, Any] | None) -> PolicySet:

@@ -80,6 +80,8 @@ class JobRequest:
     active_deadline_seconds: int
     ttl_seconds_after_finished: int
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Nodes the Job pod must not run on (the node a node action changes).
+    avoid_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from kexec.domain.resources import (
 )
 
 MIRROR = "kubernetes.io/config.mirror"
+RUNNER_LABEL, RUNNER_VALUE = "app.kubernetes.io/managed-by", "kexec"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class DrainNode(Action[DrainParams]):
             m = meta(pod)
             if MIRROR in (m.get("annotations") or {}) or m.get("deletionTimestamp"):
                 continue
+            if (m.get("labels") or {}).get(RUNNER_LABEL) == RUNNER_VALUE:
+                continue  # kexec's own Job pods finish on their own (and may be this drain)
             ident = f"{m.get('namespace')}/{m.get('name')}"
             owner = controller_of(pod)
             if owner and owner.get("kind") == "DaemonSet":

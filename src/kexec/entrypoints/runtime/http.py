@@ -163,11 +163,9 @@ class KubernetesAuth:
 
     async def _review(self, token: str) -> AuthResult:
         self.reviews += 1
-        spec: dict[str, Any] = {"token": token}
-        if self.audiences:
-            spec["audiences"] = self.audiences
         review = await k8s.AuthenticationV1Api(self.api_client).create_token_review(
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec},
+            k8s.V1TokenReview(spec=k8s.V1TokenReviewSpec(token=token,
+                                                        audiences=self.audiences)),
             _request_timeout=self.request_timeout,
         )
         st = review.status
@@ -175,18 +173,12 @@ class KubernetesAuth:
             return AuthResult(Decision.UNAUTHENTICATED,
                               reason=(st.error if st is not None else None) or "invalid token")
         user = st.user
-        sar_spec: dict[str, Any] = {
-            "user": user.username,
-            "groups": user.groups or [],
-            "nonResourceAttributes": {"path": self.path, "verb": self.verb},
-        }
-        if user.uid:
-            sar_spec["uid"] = user.uid
-        if user.extra:
-            sar_spec["extra"] = user.extra
         sar = await k8s.AuthorizationV1Api(self.api_client).create_subject_access_review(
-            {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-             "spec": sar_spec},
+            k8s.V1SubjectAccessReview(spec=k8s.V1SubjectAccessReviewSpec(
+                user=user.username, groups=user.groups, uid=user.uid, extra=user.extra,
+                non_resource_attributes=k8s.V1NonResourceAttributes(path=self.path,
+                                                                    verb=self.verb),
+            )),
             _request_timeout=self.request_timeout,
         )
         if sar.status is not None and sar.status.allowed:

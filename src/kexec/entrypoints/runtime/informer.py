@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -279,8 +280,10 @@ class Informer:
         resp = await self.api_client.call_api(
             self.path, "GET", query_params=query, header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"], _preload_content=False,
-            # connect / per-read timeouts; the stream as a whole is bounded below
-            _request_timeout=(self.request_timeout, inactivity),
+            # connect and per-read timeouts; the stream as a whole is bounded below
+            _request_timeout=aiohttp.ClientTimeout(
+                connect=self.request_timeout, sock_connect=self.request_timeout,
+                sock_read=inactivity),
         )
         try:
             if resp.status != 200:
@@ -363,7 +366,7 @@ class Informer:
             yield ("fieldSelector", self.field_selector)
 
     def _backoff(self, failures: int) -> float:
-        delay = min(self.backoff_base * 2 ** min(failures - 1, 16), self.backoff_max)
+        delay = min(self.backoff_base * 2.0 ** min(failures - 1, 16), self.backoff_max)
         return delay * (0.5 + random.random() / 2)  # jitter: [d/2, d)
 
 
@@ -374,7 +377,7 @@ def _rv(obj: dict[str, Any]) -> str | None:
 
 def _api_error(status: int, reason: str | None, body: bytes) -> ApiException:
     e = ApiException(status=status, reason=reason)
-    e.body = body.decode("utf-8", "replace")
+    e.body = body.decode("utf-8", "replace")  # type: ignore[assignment]  # as call_api does
     return e
 
 

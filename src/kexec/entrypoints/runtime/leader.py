@@ -84,6 +84,7 @@ class LeaderElector:
         self.release_on_cancel = release_on_cancel
         self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         self._is_leader = False
+        self._running = False  # inside run(), leading
         self._lease: dict[str, Any] | None = None  # last Lease read or written
         self._observed: tuple[Any, ...] | None = None  # (holder, renewTime, rv) last seen
         self._observed_at = 0.0  # monotonic time _observed changed
@@ -113,7 +114,7 @@ class LeaderElector:
         ``run`` again to stand by.
         """
         await self._acquire()
-        self._is_leader = True
+        self._is_leader = self._running = True
         log.info("%s: became leader of lease %s/%s", self.identity, self.namespace, self.name)
         leading = asyncio.create_task(_as_coroutine(on_started_leading), name="leading")
         renewing = asyncio.create_task(self._renew_loop(), name="lease-renew")
@@ -130,7 +131,7 @@ class LeaderElector:
             release = self.release_on_cancel
             raise
         finally:
-            self._is_leader = False
+            self._is_leader = self._running = False
             for task in (renewing, leading):
                 task.cancel()
             # the work must have stopped before anyone else may start
@@ -260,8 +261,11 @@ class LeaderElector:
         self._observed_at = self._last_renew
 
     async def release(self) -> bool:
-        """Give the lease up now (empty holder) if we hold it. Call after the work
-        has stopped; ``run`` does it on a graceful stop. Returns True if released."""
+        """Give the lease up now (empty holder) if we hold it. For after ``run`` has
+        returned (``run`` itself releases on a graceful stop); while ``run`` is leading,
+        cancel it instead. Returns True if released."""
+        if self._running:
+            raise RuntimeError("release() while run() is leading: cancel run() instead")
         self._is_leader = False
         for _ in range(2):
             lease = self._lease
@@ -314,5 +318,5 @@ async def _as_coroutine(fn: Callable[[], Awaitable[Any]]) -> Any:
 
 def _api_error(status: int, body: dict[str, Any]) -> ApiException:
     e = ApiException(status=status, reason=str(body.get("reason") or ""))
-    e.body = json.dumps(body)
+    e.body = json.dumps(body)  # type: ignore[assignment]  # str, as call_api does
     return e

@@ -355,14 +355,15 @@ class WorkQueue(Generic[K]):
         self._waiting.pop(key, None)
         self.add(key)
 
+    # These two run at scrape time, possibly in another thread (the /metrics handler
+    # renders off the event loop): copy the values first (atomic under the GIL).
     def _unfinished_seconds(self) -> float:
         now = time.monotonic()
-        return sum(now - t for t in self._processing.values())
+        return sum(now - t for t in tuple(self._processing.values()))
 
     def _longest_running_seconds(self) -> float:
-        if not self._processing:
-            return 0.0
-        return time.monotonic() - min(self._processing.values())
+        started = tuple(self._processing.values())
+        return time.monotonic() - min(started) if started else 0.0
 
 
 # --------------------------------------------------------------------------- workers
