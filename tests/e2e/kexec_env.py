@@ -158,6 +158,16 @@ class Kexec:
         for proc in self.procs:
             self.stop_controller(proc)
 
+    def replace_controllers(self, *starts: tuple[str, tuple[str, ...], int]) -> list[subprocess.Popen[bytes]]:
+        """Stop every running controller, start these (identity, extra args, http port)."""
+        for proc in list(self.procs):
+            self.stop_controller(proc)
+            self.procs.remove(proc)
+        return [self.start_controller(identity, *extra, http_port=port) for identity, extra, port in starts]
+
+    def default_controller(self) -> None:
+        self.replace_controllers(("e2e-1", ("--no-leader-elect",), 0))
+
     def controller_log(self, identity: str = "e2e-1") -> str:
         path = self.log_dir / f"kexec-controller-{identity}.log"
         return path.read_text(errors="replace") if path.exists() else ""

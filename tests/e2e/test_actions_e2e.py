@@ -153,7 +153,7 @@ def test_drain_evicts_and_a_pdb_at_its_limit_blocks_until_timeout(kexec: Kexec) 
         t0 = time.monotonic()
         blocked = run(kexec, NS_CTRL, "drain_node", {"node": node}, timeout="12s")
         assert blocked["status"]["phase"] == "Failed", blocked["status"]
-        assert blocked["status"]["reason"] in ("EvictionBlocked", "DeadlineExceeded")
+        assert blocked["status"]["reason"] in ("EvictionBlocked", "DeadlineExceeded"), blocked["status"]["message"]
         assert time.monotonic() - t0 >= 6
         assert kexec.api("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=app=guarded")["items"], \
             "the PDB must keep the pod"

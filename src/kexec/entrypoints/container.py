@@ -57,6 +57,7 @@ class Container(containers.DeclarativeContainer):
         runner_command=config.runner_command,
         request_timeout=config.request_timeout.as_(float),
         execution_cache=config.execution_cache,
+        node_cache=config.node_cache,
     )
     audit_pool = providers.Resource(audit_pool, dsn=config.audit_dsn)
     audit_store = providers.Singleton(PostgresAudit, audit_pool, auto_migrate=True)
@@ -80,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "runner_command": ["kexec", "runner"],
     "request_timeout": 10.0,
     "execution_cache": None,
+    "node_cache": None,
     "audit_dsn": None,
     "policy_engine": "embedded",
     "opa_url": "http://127.0.0.1:8181",

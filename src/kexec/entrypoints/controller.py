@@ -65,6 +65,7 @@ class Controller:
         self.queue: WorkQueue[str] = WorkQueue("executions", registry=registry)
         self.executions: Informer | None = None
         self.jobs: Informer | None = None
+        self.nodes: Informer | None = None
         self.reconcile: ReconcileExecution | None = None
         self.leading = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -136,13 +137,17 @@ class Controller:
                                    name="executions")
         self.jobs = Informer(api, "batch", "v1", "jobs", label_selector=JOB_SELECTOR,
                              on_event=self._on_job, name="jobs")
-        executions = self.executions
+        self.nodes = Informer(api, "", "v1", "nodes", name="nodes")
+        executions, nodes = self.executions, self.nodes
         self.container.config.execution_cache.from_value(lambda: list(executions.cache.values()))
+        self.container.config.node_cache.from_value(lambda: list(nodes.cache.values()))
         self.reconcile = await resolve(self.container.reconcile())
         audit = await resolve(self.container.audit())
         await audit.start()
+        policy_source = await self._watch_policy(api)
         self.executions.start()
         self.jobs.start()
+        self.nodes.start()
         http = await self._serve_http(api)
         workers = asyncio.create_task(run_workers(self.queue, self.handle, self.cfg.workers,
                                                   logger=log))
@@ -150,6 +155,7 @@ class Controller:
         try:
             await self.executions.wait_synced()
             await self.jobs.wait_synced()
+            await self.nodes.wait_synced()
             if self.cfg.leader_elect:
                 from kexec.entrypoints.runtime.leader import LeaderElector
 
@@ -175,11 +181,42 @@ class Controller:
                     await elector.release()
             await self.executions.stop()
             await self.jobs.stop()
+            await self.nodes.stop()
+            if policy_source is not None:
+                policy_source.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await policy_source
             with contextlib.suppress(Exception):
                 await audit.stop()
             if http is not None:
                 with contextlib.suppress(Exception):
                     await http.stop()
+
+    async def _watch_policy(self, api: Any) -> asyncio.Task[None] | None:
+        """Hot reload from the `safety-policies` ConfigMap (embedded engine only); a broken
+        update is reported (Event, log, metric) and the last good policy stays active."""
+        from kexec.adapters.policy.reload import ConfigMapPolicySource, ReloadablePolicy
+
+        policy = await resolve(self.container.policy())
+        if not isinstance(policy, ReloadablePolicy):
+            return None
+        cluster = await resolve(self.container.cluster())
+        involved = {"apiVersion": "v1", "kind": "ConfigMap", "name": "safety-policies",
+                    "namespace": self.cfg.namespace}
+
+        async def on_error(message: str) -> None:
+            log.error("safety policy update rejected, last good policy stays: %s", message)
+            await cluster.event(involved, "Warning", "PolicyRejected", message)
+
+        async def on_change(version: str) -> None:
+            log.info("safety policy %s active", version)
+            await cluster.event(involved, "Normal", "PolicyLoaded", f"policy version {version}")
+
+        source = ConfigMapPolicySource(policy, api, namespace=self.cfg.namespace,
+                                       on_error=on_error, on_change=on_change)
+        task = asyncio.create_task(source.run(), name="policy-source")
+        await asyncio.wait_for(source.synced.wait(), 30)
+        return task
 
     def ready(self) -> bool:
         return bool(self.executions and self.executions.has_synced.is_set()

@@ -159,6 +159,7 @@ class KubernetesCluster:
         config_map: str = "kexec-config",
         field_manager: str = "kexec",
         execution_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
+        node_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
         facts_ttl: float = 2.0,
     ) -> None:
         self.api = api
@@ -169,6 +170,7 @@ class KubernetesCluster:
         self.config_map = config_map
         self.field_manager = field_manager
         self.execution_cache = execution_cache
+        self.node_cache = node_cache
         self._ensured: set[tuple[str, str, str]] = set()
         self._facts = _TTL(facts_ttl)
         self.requests = 0
@@ -482,41 +484,42 @@ class KubernetesCluster:
             body=from_execution(execution)))
 
     async def emit_event(self, execution: Execution, type_: str, reason: str, message: str) -> None:
+        await self.event({"apiVersion": API_VERSION, "kind": KIND, "name": execution.name,
+                          "namespace": execution.namespace, "uid": execution.uid,
+                          "resourceVersion": execution.resource_version},
+                         type_, reason, message)
+
+    async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record a Kubernetes Event about ``involved`` (best effort: failures are logged)."""
         now = iso(datetime.now(UTC))
+        namespace = involved.get("namespace") or self.controller_namespace
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{execution.name[:200]}.{uuid.uuid4().hex[:12]}",
-                         "namespace": execution.namespace},
-            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": execution.name,
-                               "namespace": execution.namespace, "uid": execution.uid,
-                               "resourceVersion": execution.resource_version},
+            "metadata": {"name": f"{str(involved.get('name'))[:200]}.{uuid.uuid4().hex[:12]}",
+                         "namespace": namespace},
+            "involvedObject": involved,
             "reason": (reason or "Update")[:128], "message": message[:1024], "type": type_,
             "source": {"component": "kexec"}, "reportingComponent": "kexec",
             "reportingInstance": "kexec", "action": "Reconcile",
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            await self.request("POST", f"/api/v1/namespaces/{execution.namespace}/events",
-                               body=body)
-        except ClusterError as exc:  # events are best effort
-            log.warning("event for %s not recorded: %s", execution.key, exc)
+            await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+        except ClusterError as exc:
+            log.warning("event about %s not recorded: %s", involved.get("name"), exc)
 
     async def cluster_facts(self, namespace: str) -> dict[str, Any]:
-        nodes = self._facts.get("nodes")
-        if nodes is None:
+        """Nodes and the target namespace's labels, fresh: safety rules decide on them
+        (a watch-fed node cache when the controller gives one, else a list)."""
+        if self.node_cache is not None:
+            items = list(self.node_cache())
+        else:
             items = await self.read(List("nodes", "Node"))
-            nodes = [_node_fact(n) for n in items]
-            self._facts.put("nodes", nodes)
-        ns_fact = {"name": namespace, "labels": {}}
+        ns_fact: dict[str, Any] = {"name": namespace, "labels": {}}
         if namespace:
-            cached = self._facts.get(f"ns/{namespace}")
-            if cached is None:
-                obj = await self.read(Get("ns", _ref("Namespace", "", namespace)))
-                cached = {"name": namespace,
-                          "labels": dict(((obj or {}).get("metadata") or {}).get("labels") or {})}
-                self._facts.put(f"ns/{namespace}", cached)
-            ns_fact = cached
-        return {"nodes": nodes, "namespace": ns_fact}
+            obj = await self.read(Get("ns", ObjectRef("Namespace", "", namespace)))
+            ns_fact["labels"] = dict(((obj or {}).get("metadata") or {}).get("labels") or {})
+        return {"nodes": [_node_fact(n) for n in items], "namespace": ns_fact}
 
     async def paused(self) -> bool:
         cached = self._facts.get("paused")

@@ -107,8 +107,8 @@ def controller_cluster_role() -> dict[str, Any]:
             _rule(("rbac.authorization.k8s.io",), ("clusterroles",), ("bind",), roles),
             # Reads and server-side dry runs run AS the action's ServiceAccount.
             _rule(("",), ("serviceaccounts",), ("impersonate",), accounts),
-            # Policy facts.
-            _rule(("",), ("nodes",), ("get", "list")),
+            # Policy facts (nodes: a watch-fed cache, always fresh for the node rules).
+            _rule(("",), ("nodes",), ("get", "list", "watch")),
             _rule(("",), ("namespaces",), ("get",)),
             # Authenticated /metrics.
             _rule(("authentication.k8s.io",), ("tokenreviews",), ("create",)),
