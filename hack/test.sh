@@ -7,9 +7,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s (%ss)\n' "$*" "$SECONDS" >&2; }
 
 log "python venv and dependencies"
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -U pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+bash hack/setup-venv.sh
 
 log "ruff"
 .venv/bin/ruff check src tests bench hack

@@ -129,7 +129,7 @@ class Kexec:
 
     def start_controller(self, identity: str = "e2e-1", *extra: str,
                          http_port: int | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"kexec-controller-{identity}.log", "ab")  # noqa: SIM115
+        log = open(self.log_dir / f"kexec-controller-{identity}.log", "ab")
         argv = [
             str(Path(sys.executable).with_name("kexec")), "controller",
             "--kubeconfig", str(self.kubeconfig), "--namespace", NS_CTRL,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.kexec_env import NS_CTRL, Kexec
+from tests.e2e.kexec_env import GROUP_PATH, NS_CTRL, Kexec
 
 pytestmark = pytest.mark.cluster
 
@@ -45,6 +45,16 @@ def ready_deployment(kexec: Kexec, ns: str, name: str, replicas: int = 1, **kw: 
         return st.get("readyReplicas", 0) == replicas and st.get("updatedReplicas", 0) == replicas
     kexec.until(ready, 60, f"deployment {ns}/{name} ready")
     return dict(kexec.api("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/{name}"))
+
+
+def pdb_at_limit(kexec: Kexec, ns: str, name: str) -> None:
+    """Wait until the disruption controller has computed the PDB: no disruption allowed."""
+    def at_limit() -> bool:
+        pdb = kexec.api("GET", f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}")
+        st = pdb.get("status") or {}
+        return (st.get("observedGeneration") == pdb["metadata"]["generation"]
+                and st.get("currentHealthy") == 1 and st.get("disruptionsAllowed") == 0)
+    kexec.until(at_limit, 30, f"pdb {ns}/{name} at its limit")
 
 
 def run(kexec: Kexec, ns: str, action: str, params: dict[str, Any], wait_s: float = 90,
@@ -147,8 +157,7 @@ def test_drain_evicts_and_a_pdb_at_its_limit_blocks_until_timeout(kexec: Kexec) 
     kexec.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                  "metadata": {"name": "guarded", "namespace": ns},
                  "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}})
-    kexec.until(lambda: (kexec.api("GET", f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/guarded")
-                         .get("status") or {}).get("expectedPods") == 1, 30, "pdb status")
+    pdb_at_limit(kexec, ns, "guarded")
     try:
         t0 = time.monotonic()
         blocked = run(kexec, NS_CTRL, "drain_node", {"node": node}, timeout="12s")
@@ -252,7 +261,7 @@ def test_invalid_parameters_are_rejected_by_the_crd(kexec: Kexec) -> None:
             "spec": {"action": "scale_deployment",
                      "parameters": {"scaleDeployment": {"namespace": ns, "deployment": "w",
                                                         "replicas": 5000}}}}
-    code, err = kexec.try_api("POST", f"/apis/kubernetesexecution.kubernaut.io/v1alpha1/namespaces/{ns}/kubernetesexecutions", body)
+    code, err = kexec.try_api("POST", f"{GROUP_PATH}/namespaces/{ns}/kubernetesexecutions", body)
     assert code == 422
     assert "replicas" in json.dumps(err)
 
@@ -267,7 +276,8 @@ def test_dry_run_rejected_by_admission(kexec: Kexec) -> None:
                           "matchConstraints": {"resourceRules": [{
                               "apiGroups": ["apps"], "apiVersions": ["v1"],
                               "operations": ["UPDATE"], "resources": ["deployments"]}]},
-                          "validations": [{"expression": "object.spec.template.spec.containers.all(c, !c.image.endsWith(':latest'))",
+                          "validations": [{"expression": "object.spec.template.spec.containers.all("
+                                                         "c, !c.image.endsWith(':latest'))",
                                            "message": "images must be pinned, not :latest"}]}})
     kexec.apply({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
                  "metadata": {"name": policy},
@@ -409,11 +419,10 @@ def test_controller_restart_mid_execution_makes_exactly_one_job(kexec: Kexec) ->
     kexec.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                  "metadata": {"name": "held", "namespace": ns},
                  "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "held"}}}})
-    kexec.until(lambda: (kexec.api("GET", f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/held")
-                         .get("status") or {}).get("expectedPods") == 1, 30, "pdb status")
+    pdb_at_limit(kexec, ns, "held")
     try:
         name = kexec.create(NS_CTRL, "drain_node", {"node": node}, timeout="60s")
-        kexec.wait(NS_CTRL, name, ("Executing",), timeout=30)
+        kexec.wait(NS_CTRL, name, ("Executing", "Verifying", "Completed"), timeout=30)
         proc = kexec.procs[0]
         kexec.stop_controller(proc, kill=True)  # SIGKILL mid-execution
         kexec.procs.remove(proc)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.kexec_env import NS_CTRL, Kexec, free_port
+from tests.e2e.kexec_env import GROUP_PATH, NS_CTRL, Kexec, free_port
 from tests.e2e.test_actions_e2e import fresh_ns, ready_deployment, run
 
 pytestmark = pytest.mark.cluster
@@ -59,7 +59,8 @@ def test_policy_configmap_hot_reload_and_broken_update(kexec: Kexec) -> None:
         assert obj["status"]["reason"] == "PolicyDenied", obj["status"]
         assert "max_replicas" in obj["status"]["message"]
         # A broken update is rejected and reported; the last good policy stays active.
-        broken = dict(cm, data={"data.json": json.dumps(data), "broken.rego": "package kexec.safety\nthis is not rego {"})
+        broken = dict(cm, data={"data.json": json.dumps(data),
+                                "broken.rego": "package kexec.safety\nthis is not rego {"})
         kexec.apply(broken)
         kexec.until(lambda: any(e["reason"] == "PolicyRejected" for e in kexec.api(
             "GET", f"/api/v1/namespaces/{NS_CTRL}/events?fieldSelector=involvedObject.name=safety-policies")["items"]),
@@ -128,8 +129,9 @@ def test_audit_trail_has_every_transition_once(kexec: Kexec) -> None:
     assert doc["success"] is True and doc["job_name"] and doc["attempts"] == 1
     assert doc["policy_decision"]["allowed"] is True
     # The finalizer is released once the trail is confirmed: deletion goes through.
-    kexec.api("DELETE", f"/apis/kubernetesexecution.kubernaut.io/v1alpha1/namespaces/{ns}/kubernetesexecutions/{name}")
-    kexec.until(lambda: kexec.try_api("GET", f"/apis/kubernetesexecution.kubernaut.io/v1alpha1/namespaces/{ns}/kubernetesexecutions/{name}")[0] == 404, 30, "deleted")
+    kexec.api("DELETE", f"{GROUP_PATH}/namespaces/{ns}/kubernetesexecutions/{name}")
+    path = f"{GROUP_PATH}/namespaces/{ns}/kubernetesexecutions/{name}"
+    kexec.until(lambda: kexec.try_api("GET", path)[0] == 404, 30, "deleted")
 
 
 def test_kill_switch_pauses_new_executions(kexec: Kexec) -> None:
@@ -157,13 +159,14 @@ def test_leader_election_standby_takes_over_and_metrics_are_authenticated(kexec:
     procs = kexec.replace_controllers(("e2e-a", (), ports["e2e-a"]), ("e2e-b", (), ports["e2e-b"]))
     try:
         def holder() -> str:
-            code, lease = kexec.try_api("GET", f"/apis/coordination.k8s.io/v1/namespaces/{NS_CTRL}/leases/kexec-controller")
+            code, lease = kexec.try_api(
+                "GET", f"/apis/coordination.k8s.io/v1/namespaces/{NS_CTRL}/leases/kexec-controller")
             return str((lease.get("spec") or {}).get("holderIdentity") or "") if code == 200 else ""
 
         kexec.until(lambda: holder() in ports, 40, "a leader")
         leader = holder()
         standby = next(i for i in ports if i != leader)
-        for ident, port in ports.items():  # both are live and ready (the standby to take over)
+        for port in ports.values():  # both are live and ready (the standby to take over)
             kexec.until(lambda p=port: http(f"http://127.0.0.1:{p}/readyz")[0] == 200, 30, "ready")
             assert http(f"http://127.0.0.1:{port}/healthz")[0] == 200
         assert run(kexec, ns, "scale_deployment", {"namespace": ns, "deployment": "web",

@@ -418,9 +418,7 @@ class _Sim:
                 last_status = time.monotonic()
 
     async def nodes(self) -> list[dict[str, Any]]:
-        ts, cached = self.nodes_cache
-        if time.monotonic() - ts < 0.5:
-            return cached
+        # Always fresh: like kube-scheduler, never bind to a node cordoned a moment ago.
         data = await self.req("GET", "/api/v1/nodes")
         items = [n for n in data.get("items", []) if n["metadata"]["name"] in self.node_index]
         self.nodes_cache = (time.monotonic(), items)

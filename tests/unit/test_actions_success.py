@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.unit.world import NS, TRUSTED, World, b64
 
 from kexec.domain.actions import ACTIONS
-from kexec.domain.phases import Phase
-from tests.unit.world import NS, TRUSTED, World, b64
 
 HAPPY = ["Pending", "Validating", "Preparing", "Executing", "Verifying", "Completed"]
 
@@ -120,7 +119,8 @@ async def test_update_secret_keeps_values_out_of_every_record() -> None:
     backup = w.cluster.obj("Secret", NS, rb["parameters"]["sourceSecretRef"]["name"])
     assert backup["data"] == {"password": b64("old-password-value")}
     assert backup["metadata"]["ownerReferences"][0]["uid"] == ex.uid
-    recorded = json.dumps([ex.status, w.cluster.events, [(r, w.audit.transitions(r.execution_uid)) for r in w.audit.executions()]], default=str)
+    audit = [(r, w.audit.transitions(r.execution_uid)) for r in w.audit.executions()]
+    recorded = json.dumps([ex.status, w.cluster.events, audit], default=str)
     for value in ("new-password-value", "old-password-value", "svc-user",
                   b64("new-password-value"), b64("old-password-value")):
         assert value not in recorded

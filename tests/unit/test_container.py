@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dependency_injector import providers
+from tests.unit.world import NS, ScriptedPolicy, World
 
 from kexec.adapters.audit.memory import InMemoryAudit
 from kexec.domain.phases import Phase
 from kexec.entrypoints.container import build_container, start_resources, stop_resources
-from tests.unit.world import NS, ScriptedPolicy, World
 
 
 async def test_container_with_fakes_runs_an_execution_to_completed() -> None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from tests.unit.world import NS, TRUSTED, World, b64
 
 from kexec.application.ports.cluster import Conflict
+from kexec.domain.actions import ACTIONS
 from kexec.domain.errors import SafetyViolation
 from kexec.domain.execution import Execution
 from kexec.domain.phases import Phase
-from kexec.domain.safety import REDACTED, check_namespace, holder_of, redact, secret_values
-from kexec.domain.actions import ACTIONS
 from kexec.domain.resources import ObjectRef
-from tests.unit.world import NS, TRUSTED, World, b64
+from kexec.domain.safety import REDACTED, check_namespace, holder_of, redact, secret_values
 
 SCALE = {"namespace": NS, "deployment": "web", "replicas": 4}
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from kexec.application.rollback import CreateRollback
+from tests.unit.world import NS, TRUSTED, World
+
 from kexec.application.approve import ApproveExecution
 from kexec.application.reconcile import job_name
+from kexec.application.rollback import CreateRollback
 from kexec.domain.phases import Phase
-from tests.unit.world import NS, TRUSTED, World
 
 SCALE = {"namespace": NS, "deployment": "web", "replicas": 4}
 

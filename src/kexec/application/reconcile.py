@@ -254,11 +254,22 @@ class ReconcileExecution:
         if await self.cluster.paused():
             return await self._hold(ex, "Paused", "the global kill switch pauses new executions",
                                     self.settings.requeue_paused_seconds, phase=Phase.PREPARING)
+        spec = parse_spec(ex.spec)[0]
+        timeout = spec.effective_timeout()
+        name = await self._create_job(ex, timeout)
+        new = ex.copy()
+        run = new.status.setdefault("execution", {})
+        run.update(jobName=name, startTime=iso(now), attempts=0,
+                   deadline=iso(now + timedelta(seconds=timeout)))
+        transition(new.status, Phase.EXECUTING, "JobCreated", f"job {name}", now)
+        return await self._commit(ex, new)
+
+    async def _create_job(self, ex: Execution, seconds: int) -> str:
+        """Ensure the identity, then create the attempt's Job (idempotent: fixed name)."""
         spec, action, params = parse_spec(ex.spec)
         identity = identity_for(ex.namespace, action.name, self.settings)
         await self.cluster.ensure_identity(identity, action.name, action.target(params).namespace)
-        timeout = spec.effective_timeout()
-        name = job_name(ex)
+        name = (ex.status.get("execution") or {}).get("jobName") or job_name(ex)
         guard = ex.status.get("validation", {}).get("guard") or {}
         await self.cluster.create_job(JobRequest(
             namespace=ex.namespace,
@@ -266,20 +277,15 @@ class ReconcileExecution:
             execution_name=ex.name,
             execution_uid=ex.uid,
             service_account=identity.service_account,
-            env=runner_env(ex, action, spec.parameters, guard, timeout, now),
+            env=runner_env(ex, action, spec.parameters, guard, seconds, self.clock.now()),
             backoff_limit=spec.max_retries,
-            active_deadline_seconds=timeout,
+            active_deadline_seconds=seconds,
             ttl_seconds_after_finished=self.settings.job_ttl_seconds,
             labels={"kubernetesexecution.kubernaut.io/execution": ex.name[:63],
                     "kubernetesexecution.kubernaut.io/action": action.name.replace("_", "-")},
             avoid_nodes=_avoid(action, params),
         ))
-        new = ex.copy()
-        run = new.status.setdefault("execution", {})
-        run.update(jobName=name, startTime=iso(now), attempts=0,
-                   deadline=iso(now + timedelta(seconds=timeout)))
-        transition(new.status, Phase.EXECUTING, "JobCreated", f"job {name}", now)
-        return await self._commit(ex, new)
+        return name
 
     async def _watch_job(self, ex: Execution) -> StepResult:
         now = self.clock.now()
@@ -314,7 +320,7 @@ class ReconcileExecution:
 
     async def _verify(self, ex: Execution) -> StepResult:
         now = self.clock.now()
-        spec, action, params = parse_spec(ex.spec)
+        _, action, params = parse_spec(ex.spec)
         identity = identity_for(ex.namespace, action.name, self.settings)
         snap = await read_snapshot(self.cluster, action.reads(params), identity)
         report = (ex.status.get("execution") or {}).get("report") or {}
@@ -345,21 +351,10 @@ class ReconcileExecution:
     # --- helpers ------------------------------------------------------------------------
 
     async def _launch_again(self, ex: Execution) -> StepResult:
-        spec, action, params = parse_spec(ex.spec)
-        run = ex.status.get("execution") or {}
-        deadline = parse_time(run.get("deadline")) or self.clock.now()
-        left = max(1, int((deadline - self.clock.now()).total_seconds()))
-        identity = identity_for(ex.namespace, action.name, self.settings)
-        guard = ex.status.get("validation", {}).get("guard") or {}
-        await self.cluster.create_job(JobRequest(
-            namespace=ex.namespace, name=run.get("jobName") or job_name(ex),
-            execution_name=ex.name, execution_uid=ex.uid,
-            service_account=identity.service_account,
-            env=runner_env(ex, action, spec.parameters, guard, left, self.clock.now()),
-            backoff_limit=spec.max_retries, active_deadline_seconds=left,
-            ttl_seconds_after_finished=self.settings.job_ttl_seconds,
-            avoid_nodes=_avoid(action, params),
-        ))
+        """The Job vanished before reporting (deleted by hand): the same name again."""
+        deadline = parse_time((ex.status.get("execution") or {}).get("deadline"))
+        left = (deadline - self.clock.now()).total_seconds() if deadline else 1
+        await self._create_job(ex, max(1, int(left)))
         return StepResult(requeue_after=self.settings.requeue_poll_seconds)
 
     def _with_job(self, ex: Execution, job: JobState) -> Execution:

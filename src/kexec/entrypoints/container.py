@@ -58,6 +58,7 @@ class Container(containers.DeclarativeContainer):
         request_timeout=config.request_timeout.as_(float),
         execution_cache=config.execution_cache,
         node_cache=config.node_cache,
+        registry=registry,
     )
     audit_pool = providers.Resource(audit_pool, dsn=config.audit_dsn)
     audit_store = providers.Singleton(PostgresAudit, audit_pool, auto_migrate=True)

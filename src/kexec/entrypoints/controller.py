@@ -71,9 +71,11 @@ class Controller:
         self.stopping = asyncio.Event()
         self.reconciles = Counter("kexec_reconcile_total", "Reconcile steps",
                                   ["result"], registry=registry)
-        self.step_seconds = Histogram("kexec_reconcile_seconds", "Duration of one reconcile step",
-                                      registry=registry,
-                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.step_seconds = Histogram("kexec_reconcile_seconds",
+                                      "Duration of one reconcile step, by the phase it started in",
+                                      ["phase"], registry=registry,
+                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1,
+                                               2.5))
 
     # --- event plumbing ---------------------------------------------------------------
     def _on_execution(self, _type: str, obj: dict[str, Any]) -> None:
@@ -95,9 +97,11 @@ class Controller:
             return None
         from kexec.adapters.kubernetes.cluster import to_execution
 
-        with self.step_seconds.time():
+        execution = to_execution(obj)
+        phase = execution.phase.value if execution.phase else "New"
+        with self.step_seconds.labels(phase).time():
             try:
-                result = await self.reconcile(to_execution(obj))
+                result = await self.reconcile(execution)
             except Conflict:
                 # Our cache is behind our own write: the watch event brings the fresh one.
                 self.reconciles.labels("conflict").inc()
@@ -225,7 +229,7 @@ class Controller:
     async def _serve_http(self, api: Any) -> Any:
         if not self.cfg.http_port:
             return None
-        from kexec.entrypoints.runtime.http import make_app, serve, metrics_auth
+        from kexec.entrypoints.runtime.http import make_app, metrics_auth, serve
 
         auth = metrics_auth(api, token_file=self.cfg.metrics_token_file or None)
         app = make_app(self.registry, self.ready, auth)

@@ -18,6 +18,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import Counter
 
 from kexec.adapters.kubernetes.errors import classify
 from kexec.application.ports.cluster import (
@@ -161,6 +162,7 @@ class KubernetesCluster:
         execution_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
         node_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
         facts_ttl: float = 2.0,
+        registry: Any = None,
     ) -> None:
         self.api = api
         self.controller_namespace = controller_namespace
@@ -173,8 +175,10 @@ class KubernetesCluster:
         self.node_cache = node_cache
         self._ensured: set[tuple[str, str, str]] = set()
         self._facts = _TTL(facts_ttl)
-        self.requests = 0
-        self.writes = 0
+        self._api_calls = (Counter("kexec_api_requests_total",
+                                   "Kubernetes API requests made by kexec, by HTTP method",
+                                   ["method"], registry=registry)
+                           if registry is not None else None)
 
     # --- transport -------------------------------------------------------------------
 
@@ -192,9 +196,8 @@ class KubernetesCluster:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         if identity is not None:
             headers["Impersonate-User"] = identity.username
-        self.requests += 1
-        if method != "GET":
-            self.writes += 1
+        if self._api_calls is not None:
+            self._api_calls.labels(method).inc()
         try:
             data = await self.api.call_api(
                 path, method, query_params=list(query), header_params=headers, body=body,

@@ -1,0 +1,244 @@
+"""Controller benchmark on the real local control plane (DESIGN.md §4).
+
+    .venv/bin/python bench/controller_bench.py [--latency N] [--burst N]
+
+Starts the control plane, the node simulator, PostgreSQL and the controller (as its own
+ServiceAccount), then measures, from the client side through a watch:
+  * latency: N executions one after another: created -> Job created, created -> Completed
+  * burst:   N executions created at once: time until every Job exists and until all are
+             Completed, controller peak RSS, Kubernetes API requests per execution
+  * the controller's own step histograms (validation incl. policy + dry run).
+Prints markdown tables. Each execution is an update_configmap on its own ConfigMap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kubernetes_asyncio.client import ApiClient  # noqa: E402
+from tests.e2e.kexec_env import NS_CTRL, Kexec  # noqa: E402
+from tests.support.controlplane import ControlPlane  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
+from tests.support.simulator import NodeSimulator  # noqa: E402
+
+from kexec.adapters.kubernetes.client import load_configuration  # noqa: E402
+from kexec.entrypoints.runtime.informer import Informer  # noqa: E402
+
+GROUP = "kubernetesexecution.kubernaut.io"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
+
+
+class Clocks:
+    """Client-side event times per execution key."""
+
+    def __init__(self) -> None:
+        self.created: dict[str, float] = {}
+        self.job: dict[str, float] = {}
+        self.done: dict[str, float] = {}
+        self.phase: dict[str, str] = {}
+
+    def on_execution(self, _t: str, obj: dict[str, Any]) -> None:
+        key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        phase = (obj.get("status") or {}).get("phase", "")
+        self.phase[key] = phase
+        if phase in ("Completed", "Failed", "RollbackReady") and key not in self.done:
+            self.done[key] = time.monotonic()
+
+    def on_job(self, _t: str, obj: dict[str, Any]) -> None:
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            key = f"{obj['metadata']['namespace']}/{ref['name']}"
+            self.job.setdefault(key, time.monotonic())
+
+
+async def create(api: ApiClient, ns: str, name: str, cm: str) -> None:
+    body = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "KubernetesExecution",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"action": "update_configmap",
+                     "parameters": {"updateConfigMap": {"namespace": ns, "configMap": cm,
+                                                        "data": {"tick": name}}}}}
+    await api.call_api(f"/apis/{GROUP}/v1alpha1/namespaces/{ns}/kubernetesexecutions", "POST",
+                       body=body, header_params={"Content-Type": "application/json"},
+                       auth_settings=["BearerToken"], response_types_map={201: "object"},
+                       _return_http_data_only=True)
+
+
+def metrics(port: int, token: str) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def counter(text: str, name: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(rf'^{name}\{{method="(\w+)"\}} ([0-9.e+]+)$', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def histogram_quantile(text: str, name: str, phases: tuple[str, ...], q: float) -> float:
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        m = re.match(rf'^{name}_bucket\{{le="([^"]+)",phase="([^"]+)"\}} ([0-9.e+]+)$', line)
+        if m and m.group(2) in phases:
+            le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+            buckets[le] = buckets.get(le, 0.0) + float(m.group(3))
+    total = buckets.get(float("inf"), 0.0)
+    for le in sorted(buckets):
+        if total and buckets[le] >= q * total:
+            return le
+    return float("nan")
+
+
+def rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def bench(k: Kexec, latency_n: int, burst_n: int, token: str, port: int) -> dict[str, Any]:
+    cfg = await load_configuration(str(k.cp.kubeconfig), pool_size=64)
+    results: dict[str, Any] = {}
+    async with ApiClient(cfg) as api:
+        clocks = Clocks()
+        execs = Informer(api, GROUP, "v1alpha1", "kubernetesexecutions", on_event=clocks.on_execution)
+        jobs = Informer(api, "batch", "v1", "jobs", on_event=clocks.on_job)
+        execs.start()
+        jobs.start()
+        await execs.wait_synced()
+        await jobs.wait_synced()
+
+        # Latency: one at a time.
+        ns = "bench-latency"
+        for i in range(latency_n):
+            key = f"{ns}/lat-{i}"
+            clocks.created[key] = time.monotonic()
+            await create(api, ns, f"lat-{i}", f"cm-{i}")
+            while key not in clocks.done:  # noqa: ASYNC110 - polling the watch-fed dict is the point
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
+        keys = [f"{ns}/lat-{i}" for i in range(latency_n)]
+        to_job = [clocks.job[x] - clocks.created[x] for x in keys if x in clocks.job]
+        to_done = [clocks.done[x] - clocks.created[x] for x in keys]
+        results["latency"] = {
+            "n": latency_n,
+            "to_job_p50": pct(to_job, 0.5), "to_job_p95": pct(to_job, 0.95),
+            "to_done_p50": pct(to_done, 0.5), "to_done_p95": pct(to_done, 0.95),
+            "completed": sum(1 for x in keys if clocks.phase.get(x) == "Completed"),
+        }
+        text = metrics(port, token)
+        results["validation_p95"] = histogram_quantile(text, "kexec_reconcile_seconds",
+                                                       ("New", "Pending", "Validating"), 0.95)
+        results["validation_p50"] = histogram_quantile(text, "kexec_reconcile_seconds",
+                                                       ("New", "Pending", "Validating"), 0.5)
+
+        # Burst: everything at once.
+        before = counter(metrics(port, token), "kexec_api_requests_total")
+        names = [(f"bench-burst-{i % 10}", f"b-{i}", f"cm-{i // 10}") for i in range(burst_n)]
+        t0 = time.monotonic()
+        sem = asyncio.Semaphore(32)
+
+        async def one(ns: str, name: str, cm: str) -> None:
+            async with sem:
+                clocks.created[f"{ns}/{name}"] = time.monotonic()
+                await create(api, ns, name, cm)
+
+        await asyncio.gather(*(one(*n) for n in names))
+        created = time.monotonic() - t0
+        keys = [f"{n[0]}/{n[1]}" for n in names]
+        deadline = time.monotonic() + 1800
+        all_jobs = None
+        while time.monotonic() < deadline:
+            if all_jobs is None and all(x in clocks.job for x in keys):
+                all_jobs = time.monotonic() - t0
+            if all(x in clocks.done for x in keys):
+                break
+            await asyncio.sleep(0.1)
+        total = time.monotonic() - t0
+        after = counter(metrics(port, token), "kexec_api_requests_total")
+        per = {m: (after.get(m, 0) - before.get(m, 0)) / burst_n for m in after}
+        results["burst"] = {
+            "n": burst_n, "created_s": created, "all_jobs_s": all_jobs, "all_done_s": total,
+            "completed": sum(1 for x in keys if clocks.phase.get(x) == "Completed"),
+            "api_per_execution": per,
+            "writes_per_execution": sum(v for m, v in per.items() if m != "GET"),
+        }
+        await execs.stop()
+        await jobs.stop()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency", type=int, default=60)
+    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=16)
+    args = parser.parse_args()
+    with ControlPlane() as cp, PostgresServer() as pg:
+        sim = NodeSimulator(cp.kubeconfig, nodes=3, log_dir=cp.log_dir)
+        sim.start()
+        k = Kexec(cp, pg.dsn)
+        try:
+            k.install()
+            data = json.loads((ROOT / "policies" / "data.json").read_text())
+            data["kexec"]["config"]["max_concurrent_per_namespace"] = 100000
+            k.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "safety-policies", "namespace": NS_CTRL},
+                     "data": {"data.json": json.dumps(data)}})
+            for ns in ["bench-latency"] + [f"bench-burst-{i}" for i in range(10)]:
+                k.namespace(ns)
+            for i in range(max(args.latency, args.burst // 10 + 1)):
+                for ns in ["bench-latency"] + [f"bench-burst-{j}" for j in range(10)]:
+                    if ns == "bench-latency" and i >= args.latency:
+                        continue
+                    k.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": f"cm-{i}", "namespace": ns}, "data": {"tick": "0"}})
+            token_file = Path(cp.log_dir or "/tmp") / "metrics.token"
+            token_file.write_text("bench-token")
+            proc = k.start_controller("bench", "--no-leader-elect", "--workers", str(args.workers),
+                                      "--metrics-token-file", str(token_file))
+            time.sleep(3)
+            res = asyncio.run(bench(k, args.latency, args.burst, "bench-token", k.http_port))
+            res["rss_peak_mb"] = rss_peak_mb(proc.pid)
+        finally:
+            k.stop()
+            sim.stop()
+    lat, burst = res["latency"], res["burst"]
+    ms = 1000.0
+    print("\n| measure | kexec goal | measured |\n|---|---|---|")
+    print(f"| execution created → Job created, p50 / p95 (n={lat['n']}) | p95 ≤ 100 ms | "
+          f"{lat['to_job_p50'] * ms:.0f} / {lat['to_job_p95'] * ms:.0f} ms |")
+    print(f"| execution created → Completed, p50 / p95 (n={lat['n']}) | — | "
+          f"{lat['to_done_p50'] * ms:.0f} / {lat['to_done_p95'] * ms:.0f} ms |")
+    print(f"| validation step incl. policy + dry run, p50 / p95 (histogram bucket bound) | p95 ≤ 50 ms | "
+          f"≤ {res['validation_p50'] * ms:.0f} / ≤ {res['validation_p95'] * ms:.0f} ms |")
+    print(f"| {burst['n']} executions at once → all Jobs created | — | {burst['all_jobs_s']:.1f} s |")
+    print(f"| {burst['n']} executions at once → all Completed ({burst['completed']} Completed) | "
+          f"1,000 in ≤ 60 s | {burst['all_done_s']:.1f} s |")
+    print(f"| controller peak RSS (VmHWM) | ≤ 150 MB | {res['rss_peak_mb']:.0f} MB |")
+    per = ", ".join(f"{m} {v:.1f}" for m, v in sorted(burst["api_per_execution"].items()))
+    print(f"| API requests per execution | ≤ 10 writes | {burst['writes_per_execution']:.1f} writes ({per}) |")
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# kexec's main job, on a fresh machine: builds a real local Kubernetes control plane
+# (etcd, kube-apiserver, kube-controller-manager from Go modules) with a node/pod
+# simulator, starts PostgreSQL for the audit trail, installs the CRD and RBAC, runs
+# the controller and a set of example executions, prints what happened, and keeps
+# the controller running until Ctrl-C.  --once: exit after the examples.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash hack/setup-venv.sh >&2
+KEXEC_BIN_DIR="$(bash hack/build-binaries.sh | tail -n 1)"
+export KEXEC_BIN_DIR
+bash hack/ensure-postgres.sh >/dev/null
+exec .venv/bin/python hack/run_local.py "$@"

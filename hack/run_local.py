@@ -1,0 +1,112 @@
+"""The demo behind hack/run-local.sh: kexec on a real local control plane."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.kexec_env import NS_CTRL, Kexec  # noqa: E402
+from tests.support.controlplane import ControlPlane  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
+from tests.support.simulator import NodeSimulator  # noqa: E402
+
+DEMO = "demo"
+
+
+def seed(k: Kexec) -> None:
+    k.namespace(DEMO)
+    k.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": DEMO},
+             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                      "template": {"metadata": {"labels": {"app": "web"}},
+                                   "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}})
+    k.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config", "namespace": DEMO},
+             "data": {"LOG_LEVEL": "info"}})
+    for name, value in (("db-credentials", "old-password"), ("db-credentials-next", "new-password")):
+        k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": DEMO},
+                 "data": {"password": base64.b64encode(value.encode()).decode()}})
+    k.until(lambda: (k.api("GET", f"/apis/apps/v1/namespaces/{DEMO}/deployments/web").get("status") or {})
+            .get("readyReplicas") == 2, 60, "demo deployment ready")
+
+
+def examples(k: Kexec) -> list[tuple[str, str]]:
+    """(namespace, name) of each example, run one after the other like an orchestrator would."""
+    pod = k.api("GET", f"/api/v1/namespaces/{DEMO}/pods?labelSelector=app=web")["items"][0]["metadata"]["name"]
+    steps = [
+        (DEMO, "scale_deployment", {"namespace": DEMO, "deployment": "web", "replicas": 4}, {}),
+        (DEMO, "update_configmap", {"namespace": DEMO, "configMap": "web-config", "data": {"LOG_LEVEL": "debug"}}, {}),
+        (DEMO, "update_secret", {"namespace": DEMO, "secret": "db-credentials",
+                                 "sourceSecretRef": {"name": "db-credentials-next"}}, {}),
+        (DEMO, "patch_deployment", {"namespace": DEMO, "deployment": "web", "patchType": "strategic",
+                                    "patch": {"spec": {"template": {"spec": {"containers": [
+                                        {"name": "web", "image": "nginx:1.28"}]}}}}}, {}),
+        (DEMO, "rollback_deployment", {"namespace": DEMO, "deployment": "web"}, {}),
+        (DEMO, "rollout_restart", {"namespace": DEMO, "deployment": "web"}, {}),
+        (DEMO, "delete_pod", {"namespace": DEMO, "pod": pod}, {}),
+        (DEMO, "apply_manifest", {"manifest": {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                                               "metadata": {"name": "web", "namespace": DEMO},
+                                               "spec": {"maxUnavailable": 1,
+                                                        "selector": {"matchLabels": {"app": "web"}}}}}, {}),
+        (NS_CTRL, "cordon_node", {"node": "sim-node-3"}, {}),
+        (NS_CTRL, "uncordon_node", {"node": "sim-node-3"}, {}),
+        (NS_CTRL, "drain_node", {"node": "sim-node-3"}, {}),
+        (NS_CTRL, "uncordon_node", {"node": "sim-node-3"}, {}),
+        (DEMO, "scale_deployment", {"namespace": DEMO, "deployment": "web", "replicas": 500}, {}),  # denied
+        (DEMO, "scale_deployment", {"namespace": DEMO, "deployment": "web", "replicas": 1},
+         {"dryRun": True}),
+    ]
+    done = []
+    for ns, action, params, spec in steps:
+        name = k.create(ns, action, params, **spec)
+        obj = k.wait(ns, name, timeout=120)
+        st = obj["status"]
+        print(f"  {ns + '/' + name:44} {st['phase']:10} {st.get('reason', '')}", flush=True)
+        done.append((ns, name))
+    return done
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--once", action="store_true", help="exit after the examples")
+    parser.add_argument("--nodes", type=int, default=3)
+    args = parser.parse_args()
+    t0 = time.monotonic()
+    with ControlPlane() as cp, PostgresServer() as pg:
+        sim = NodeSimulator(cp.kubeconfig, nodes=args.nodes, log_dir=cp.log_dir)
+        sim.start()
+        try:
+            k = Kexec(cp, pg.dsn)
+            k.install()
+            k.start_controller("local", "--no-leader-elect")
+            print(f"control plane, simulator, PostgreSQL and controller up in {time.monotonic() - t0:.1f}s")
+            print(f"  kubeconfig: {cp.kubeconfig}\n  logs:       {cp.log_dir}\n  audit DSN:  {pg.dsn}")
+            print(f"  metrics:    http://127.0.0.1:{k.http_port}/metrics (bearer token required)\n")
+            seed(k)
+            print("examples (kubectl get kexec -A shows them too):")
+            examples(k)
+            print("\n" + k.kubectl("get", "kexec", "-A").stdout)
+            print(f"audit trail:  .venv/bin/kexec audit --dsn '{pg.dsn}'")
+            print(f"try:          {cp.bin_dir}/kubectl --kubeconfig {cp.kubeconfig} get kexec -A -o wide")
+            if args.once:
+                return 0
+            print("\ncontroller running; create KubernetesExecutions (see deploy/examples). Ctrl-C stops.")
+            while all(p.poll() is None for p in k.procs):
+                time.sleep(1)
+            print(json.dumps({"controller": "exited", "log": str(k.log_dir)}))
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            for proc in getattr(k, "procs", []):
+                k.stop_controller(proc)
+            sim.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
