@@ -264,3 +264,12 @@ def test_opa_runs(opa_bin: Path, tmp_path: Path) -> None:
     with OpaServer([tmp_path], bin_dir=opa_bin.parent, log_dir=tmp_path) as opa:
         assert opa.query("smoke/allow", {"x": 1}) is True
         assert opa.query("smoke/allow", {"x": 2}) is None
+
+
+@pytest.mark.postgres
+def test_psql_connects_to_the_test_server(postgres_server: Any) -> None:
+    """The PostgreSQL the setup installed and started answers the real psql client."""
+    out = subprocess.run([postgres_server._bin("psql"), postgres_server.dsn, "-Atc", "select 40 + 2"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"

@@ -167,6 +167,63 @@ def rollback(name: str, namespace: str, kubeconfig: str | None) -> None:
     click.echo(f"created {ex.key} ({ex.spec['action']}, rollbackOf {name})")
 
 
+@cli.group()
+def policy() -> None:
+    """The Rego safety policy, offline."""
+
+
+@policy.command("eval")
+@click.argument("file", type=click.Path(allow_dash=True))
+@click.option("--target", "target_file", type=click.Path(exists=True), default=None,
+              help="YAML of the target object as it is now (else: treated as absent)")
+@click.option("--namespace-label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="labels of the target namespace (e.g. environment=production)")
+@click.option("--nodes", default=3, show_default=True, help="ready schedulable nodes to assume")
+@click.option("--policy-dir", default=None, help="policies to use (default: the shipped ones)")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def policy_eval(file: str, target_file: str | None, labels: tuple[str, ...], nodes: int,
+                policy_dir: str | None, output: str) -> None:
+    """Show the policy decision for an execution. Exit 0 allowed, 1 denied, 2 invalid."""
+    from datetime import UTC, datetime
+
+    from kexec.adapters.policy.bundle import load_policy_dir
+    from kexec.adapters.policy.embedded import EmbeddedPolicy
+    from kexec.application.policy_input import build_policy_input
+    from kexec.domain.execution import Execution
+
+    docs = _load_documents(file)
+    doc = docs[0] if docs else None
+    errors = validation_errors(doc)
+    if errors or not isinstance(doc, dict):
+        for err in errors:
+            click.echo(f"  {err.path}: {err.message}", err=True)
+        sys.exit(2)
+    meta = doc.get("metadata") or {}
+    ex = Execution(meta.get("namespace", "default"), meta["name"],
+                   labels=dict(meta.get("labels") or {}),
+                   annotations=dict(meta.get("annotations") or {}), spec=doc["spec"])
+    spec, action, params = parse_spec(doc["spec"])
+    target = _load_documents(target_file)[0] if target_file else None
+    ns_labels = dict(label.split("=", 1) for label in labels if "=" in label)
+    facts = {"namespace": {"name": action.target(params).namespace, "labels": ns_labels},
+             "nodes": [{"name": f"node-{i}", "ready": True, "unschedulable": False,
+                        "controlPlane": False} for i in range(nodes)]}
+    engine = EmbeddedPolicy(load_policy_dir(policy_dir) if policy_dir else None)
+    document = build_policy_input(ex, spec, action, params, {"target": target}, facts, {},
+                                  datetime.now(UTC))
+    decision = engine.decide_blocking(document)
+    engine.close()
+    if output == "json":
+        click.echo(json.dumps(decision.to_status(), indent=2))
+    else:
+        verdict = "allowed" if decision.allowed else "DENIED"
+        approval = " (requires approval)" if decision.requires_approval else ""
+        click.echo(f"{meta['name']}: {verdict}{approval} [{decision.engine}]")
+        for v in decision.violations:
+            click.echo(f"  {v.rule}: {v.message}")
+    sys.exit(0 if decision.allowed else 1)
+
+
 @cli.command()
 def runner() -> None:
     """Run one action inside a Job pod (the controller creates these Jobs)."""
