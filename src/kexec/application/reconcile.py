@@ -99,11 +99,11 @@ class ReconcileExecution:
         if ex.terminal:
             return await self._release(ex) if FINALIZER in ex.finalizers else DONE
         if FINALIZER not in ex.finalizers:
-            # Deletion waits until the audit trail holds every transition.
+            # Deletion waits until the audit trail holds every transition. Bookkeeping,
+            # not a step: go on with the fresh object it returns.
             ex = ex.copy()
             ex.finalizers.append(FINALIZER)
-            await self.cluster.update_execution(ex)
-            return StepResult(requeue_after=0, wrote=True)
+            ex = await self.cluster.update_execution(ex)
         phase = ex.phase
         if phase in (None, Phase.PENDING, Phase.VALIDATING):
             return await self._validate(ex)

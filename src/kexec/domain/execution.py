@@ -153,6 +153,9 @@ class Execution:
     deleting: bool = False
     spec: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
+    # (generation, target) memo: the target depends on the spec only, and every
+    # validation compares it with every other execution's.
+    target_memo: tuple[int, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -173,7 +176,7 @@ class Execution:
     def copy(self) -> Execution:
         return replace(self, labels=dict(self.labels), annotations=dict(self.annotations),
                        finalizers=list(self.finalizers), spec=copy.deepcopy(self.spec),
-                       status=copy.deepcopy(self.status))
+                       status=copy.deepcopy(self.status), target_memo=None)
 
 
 # --- status bookkeeping (pure functions over the wire-form status dict) ---------------

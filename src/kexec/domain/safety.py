@@ -49,11 +49,16 @@ def check_namespace(
 
 def target_of(execution: Execution) -> ObjectRef | None:
     """The target an execution mutates, or None when its spec is invalid."""
+    memo = execution.target_memo
+    if memo is not None and memo[0] == execution.generation:
+        return memo[1]  # type: ignore[no-any-return]
     try:
         _, action, params = parse_spec(execution.spec)
+        target: ObjectRef | None = action.target(params)
     except Exception:  # invalid specs hold no target
-        return None
-    return action.target(params)
+        target = None
+    execution.target_memo = (execution.generation, target)
+    return target
 
 
 def holder_of(execution: Execution, others: Iterable[Execution]) -> Execution | None:

@@ -256,10 +256,20 @@ async def run_controller(cfg: ControllerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stopping.set)
+    if os.environ.get("KEXEC_TRACEMALLOC"):  # diagnostics: top allocations at exit
+        import tracemalloc
+
+        tracemalloc.start()
     try:
         await controller.run()
     finally:
         await stop_resources(container)
+        if os.environ.get("KEXEC_TRACEMALLOC"):
+            import tracemalloc
+
+            log.info("memory: traced now/peak %s", tracemalloc.get_traced_memory())
+            for stat in tracemalloc.take_snapshot().statistics("lineno")[:15]:
+                log.info("memory: %s", stat)
 
 
 @click.command()

@@ -174,6 +174,7 @@ class KubernetesCluster:
         self.execution_cache = execution_cache
         self.node_cache = node_cache
         self._ensured: set[tuple[str, str, str]] = set()
+        self._converted: dict[str, tuple[Any, Execution]] = {}
         self._facts = _TTL(facts_ttl)
         self._api_calls = (Counter("kexec_api_requests_total",
                                    "Kubernetes API requests made by kexec, by HTTP method",
@@ -456,7 +457,17 @@ class KubernetesCluster:
 
     async def list_executions(self) -> list[Execution]:
         if self.execution_cache is not None:
-            return [to_execution(o) for o in self.execution_cache()]
+            # Converted once per resourceVersion: every validation reads them all.
+            out, seen = [], {}
+            for obj in self.execution_cache():
+                meta = obj.get("metadata") or {}
+                key, rv = f"{meta.get('namespace')}/{meta.get('name')}", meta.get("resourceVersion")
+                hit = self._converted.get(key)
+                ex = hit[1] if hit and hit[0] == rv else to_execution(obj)
+                seen[key] = (rv, ex)
+                out.append(ex)
+            self._converted = seen
+            return out
         doc = await self.request("GET", execution_path())
         return [to_execution(o) for o in doc.get("items") or []]
 
