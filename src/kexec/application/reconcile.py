@@ -302,8 +302,7 @@ class ReconcileExecution:
             if now > deadline + timedelta(seconds=self.settings.deadline_grace_seconds):
                 return await self._fail(ex, self._with_job(ex, job), "DeadlineExceeded",
                                         "the Job did not finish within the timeout")
-            if job.attempts != int(run.get("attempts", 0) or 0):
-                return await self._commit(ex, self._with_job(ex, job), event=False)
+            # Attempts are recorded when the Job finishes: no status write per pod start.
             return StepResult(requeue_after=self.settings.requeue_poll_seconds)
         new = self._with_job(ex, job)
         report = job.report or {}

@@ -67,6 +67,7 @@ class Controller:
         self.jobs: Informer | None = None
         self.nodes: Informer | None = None
         self.reconcile: ReconcileExecution | None = None
+        self.superseded: dict[str, str] = {}  # key → resourceVersion our last write replaced
         self.leading = asyncio.Event()
         self.stopping = asyncio.Event()
         self.reconciles = Counter("kexec_reconcile_total", "Reconcile steps",
@@ -95,6 +96,10 @@ class Controller:
         obj = self.executions.get(key)
         if obj is None:
             return None
+        if self.superseded.get(key) == (obj.get("metadata") or {}).get("resourceVersion"):
+            # We wrote over this version already; its watch event is on the way. Acting on
+            # the stale copy would only earn a 409.
+            return 0.2
         from kexec.adapters.kubernetes.cluster import to_execution
 
         execution = to_execution(obj)
@@ -113,6 +118,10 @@ class Controller:
                 self.reconciles.labels("error").inc()
                 raise
         self.reconciles.labels("ok").inc()
+        if result.wrote:
+            self.superseded[key] = execution.resource_version
+        else:
+            self.superseded.pop(key, None)
         if result.wrote and not result.requeue_after:
             return 1.0  # the watch event normally comes first; this is the safety net
         return result.requeue_after
