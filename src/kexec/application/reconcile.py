@@ -63,6 +63,7 @@ class StepResult:
 
     requeue_after: float | None = None  # seconds; None = wait for the next event
     wrote: bool = False
+    resource_version: str = ""  # of our last write, when wrote
 
 
 DONE = StepResult()
@@ -402,7 +403,8 @@ class ReconcileExecution:
         if new.status == ex.status:
             return StepResult(requeue_after=requeue)
         result = await self._commit(ex, new, event=ex.status.get("reason") != reason)
-        return StepResult(requeue_after=requeue, wrote=result.wrote)
+        return StepResult(requeue_after=requeue, wrote=result.wrote,
+                          resource_version=result.resource_version)
 
     async def _fail(self, ex: Execution, new: Execution, reason: str, message: str) -> StepResult:
         now = self.clock.now()
@@ -432,7 +434,8 @@ class ReconcileExecution:
                 saved, kind, str(saved.status.get("reason", "")),
                 f"{saved.phase.value}: {saved.status.get('message', '')}".rstrip(": "))
         await self.record_audit(saved)
-        return StepResult(requeue_after=None if saved.terminal else requeue, wrote=True)
+        return StepResult(requeue_after=None if saved.terminal else requeue, wrote=True,
+                          resource_version=saved.resource_version)
 
     async def record_audit(self, ex: Execution) -> bool:
         """Send the execution's summary and transitions; True once the store confirms all."""
@@ -459,8 +462,8 @@ class ReconcileExecution:
             return StepResult(requeue_after=5.0)
         new = ex.copy()
         new.finalizers.remove(FINALIZER)
-        await self.cluster.update_execution(new)
-        return StepResult(wrote=True)
+        saved = await self.cluster.update_execution(new)
+        return StepResult(wrote=True, resource_version=saved.resource_version)
 
 
 def runner_env(

@@ -67,7 +67,7 @@ class Controller:
         self.jobs: Informer | None = None
         self.nodes: Informer | None = None
         self.reconcile: ReconcileExecution | None = None
-        self.superseded: dict[str, str] = {}  # key → resourceVersion our last write replaced
+        self.written: dict[str, str] = {}  # key → resourceVersion of our last write
         self.leading = asyncio.Event()
         self.stopping = asyncio.Event()
         self.reconciles = Counter("kexec_reconcile_total", "Reconcile steps",
@@ -96,9 +96,9 @@ class Controller:
         obj = self.executions.get(key)
         if obj is None:
             return None
-        if self.superseded.get(key) == (obj.get("metadata") or {}).get("resourceVersion"):
-            # We wrote over this version already; its watch event is on the way. Acting on
-            # the stale copy would only earn a 409.
+        if _older((obj.get("metadata") or {}).get("resourceVersion"), self.written.get(key)):
+            # Our cache has not caught up with our own last write (its watch event is on the
+            # way): acting on the stale copy would only earn a 409.
             return 0.2
         from kexec.adapters.kubernetes.cluster import to_execution
 
@@ -118,10 +118,10 @@ class Controller:
                 self.reconciles.labels("error").inc()
                 raise
         self.reconciles.labels("ok").inc()
-        if result.wrote:
-            self.superseded[key] = execution.resource_version
+        if result.wrote and result.resource_version:
+            self.written[key] = result.resource_version
         else:
-            self.superseded.pop(key, None)
+            self.written.pop(key, None)
         if result.wrote and not result.requeue_after:
             return 1.0  # the watch event normally comes first; this is the safety net
         return result.requeue_after
@@ -243,6 +243,17 @@ class Controller:
         auth = metrics_auth(api, token_file=self.cfg.metrics_token_file or None)
         app = make_app(self.registry, self.ready, auth)
         return await serve(app, self.cfg.http_host, self.cfg.http_port)
+
+
+def _older(cached: Any, written: str | None) -> bool:
+    """True when the cached copy predates our own last write. resourceVersions are opaque;
+    where they are not integers we cannot tell, and simply act (a 409 is then possible)."""
+    if not written or not cached:
+        return False
+    try:
+        return int(cached) < int(written)
+    except ValueError:
+        return False
 
 
 async def resolve(value: Any) -> Any:
