@@ -181,7 +181,10 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
                     break
                 await asyncio.sleep(0.1)
             total = time.monotonic() - t0
-            after = counter(metrics(port, token), "kexec_api_requests_total")
+            text_after = metrics(port, token)
+            after = counter(text_after, "kexec_api_requests_total")
+            results[label + "_reconciles"] = [line for line in text_after.splitlines()
+                                              if line.startswith("kexec_reconcile_total")]
             per = {m: (after.get(m, 0) - before.get(m, 0)) / n for m in after}
             results[label] = {
                 "n": n, "created_s": created, "all_jobs_s": all_jobs, "all_done_s": total,

@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,8 +38,12 @@ def seed(k: Kexec) -> None:
 
 def examples(k: Kexec) -> list[tuple[str, str]]:
     """(namespace, name) of each example, run one after the other like an orchestrator would."""
-    pod = k.api("GET", f"/api/v1/namespaces/{DEMO}/pods?labelSelector=app=web")["items"][0]["metadata"]["name"]
-    steps = [
+    def a_web_pod() -> dict[str, Any]:  # picked when its step runs: earlier steps replace pods
+        pods = k.api("GET", f"/api/v1/namespaces/{DEMO}/pods?labelSelector=app=web")["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return {"namespace": DEMO, "pod": live[0]["metadata"]["name"]}
+
+    steps: list[tuple[str, str, Any, dict[str, Any]]] = [
         (DEMO, "scale_deployment", {"namespace": DEMO, "deployment": "web", "replicas": 4}, {}),
         (DEMO, "update_configmap", {"namespace": DEMO, "configMap": "web-config", "data": {"LOG_LEVEL": "debug"}}, {}),
         (DEMO, "update_secret", {"namespace": DEMO, "secret": "db-credentials",
@@ -48,7 +53,7 @@ def examples(k: Kexec) -> list[tuple[str, str]]:
                                         {"name": "web", "image": "nginx:1.28"}]}}}}}, {}),
         (DEMO, "rollback_deployment", {"namespace": DEMO, "deployment": "web"}, {}),
         (DEMO, "rollout_restart", {"namespace": DEMO, "deployment": "web"}, {}),
-        (DEMO, "delete_pod", {"namespace": DEMO, "pod": pod}, {}),
+        (DEMO, "delete_pod", a_web_pod, {}),
         (DEMO, "apply_manifest", {"manifest": {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                                                "metadata": {"name": "web", "namespace": DEMO},
                                                "spec": {"maxUnavailable": 1,
@@ -63,7 +68,7 @@ def examples(k: Kexec) -> list[tuple[str, str]]:
     ]
     done = []
     for ns, action, params, spec in steps:
-        name = k.create(ns, action, params, **spec)
+        name = k.create(ns, action, params() if callable(params) else params, **spec)
         obj = k.wait(ns, name, timeout=120)
         st = obj["status"]
         print(f"  {ns + '/' + name:44} {st['phase']:10} {st.get('reason', '')}", flush=True)
