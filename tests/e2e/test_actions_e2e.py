@@ -434,3 +434,36 @@ def test_controller_restart_mid_execution_makes_exactly_one_job(kexec: Kexec) ->
     finally:
         kexec.api("PATCH", f"/api/v1/nodes/{node}", {"spec": {"unschedulable": None}},
                   content_type="application/merge-patch+json")
+
+
+MISSING = {
+    "scale_deployment": ({"deployment": "ghost", "replicas": 2}, "TargetNotFound"),
+    "rollout_restart": ({"deployment": "ghost"}, "TargetNotFound"),
+    "delete_pod": ({"pod": "ghost"}, "TargetNotFound"),
+    "patch_deployment": ({"deployment": "ghost", "patchType": "merge",
+                          "patch": {"spec": {"paused": True}}}, "TargetNotFound"),
+    "cordon_node": ({"node": "ghost-node"}, "TargetNotFound"),
+    "drain_node": ({"node": "ghost-node"}, "TargetNotFound"),
+    "uncordon_node": ({"node": "ghost-node"}, "TargetNotFound"),
+    "update_configmap": ({"configMap": "ghost", "data": {"a": "b"}}, "TargetNotFound"),
+    "update_secret": ({"secret": "ghost", "sourceSecretRef": {"name": "ghost-src"}}, "TargetNotFound"),
+    "apply_manifest": ({"manifest": {"apiVersion": "v1", "kind": "ConfigMap",
+                                     "metadata": {"name": "ghost", "namespace": "NS"}},
+                        "delete": True}, "TargetNotFound"),
+    "rollback_deployment": ({"deployment": "ghost"}, "TargetNotFound"),
+}
+
+
+@pytest.mark.parametrize("action", sorted(MISSING))
+def test_every_action_fails_cleanly_on_a_missing_target(kexec: Kexec, action: str) -> None:
+    ns = fresh_ns(kexec, "ghost")
+    params, reason = MISSING[action]
+    node_action = action.endswith("_node")
+    params = json.loads(json.dumps(params).replace('"NS"', f'"{ns}"'))
+    if not node_action and action != "apply_manifest":
+        params = {"namespace": ns, **params}
+    where = NS_CTRL if node_action else ns
+    obj = run(kexec, where, action, params)
+    assert (obj["status"]["phase"], obj["status"]["reason"]) == ("Failed", reason), obj["status"]
+    assert obj["status"]["message"]
+    assert kexec.jobs_for(where, obj["metadata"]["name"]) == []

@@ -156,6 +156,7 @@ class Controller:
         self.container.config.node_cache.from_value(lambda: list(nodes.cache.values()))
         self.reconcile = await resolve(self.container.reconcile())
         audit = await resolve(self.container.audit())
+        await self._migrate()
         await audit.start()
         policy_source = await self._watch_policy(api)
         self.executions.start()
@@ -204,6 +205,18 @@ class Controller:
             if http is not None:
                 with contextlib.suppress(Exception):
                     await http.stop()
+
+    async def _migrate(self) -> None:
+        """Schema migrations at start (advisory-locked, idempotent). A database that is down
+        does not stop the controller: the store migrates before its first write instead."""
+        from kexec.adapters.audit.postgres import migrate
+        from kexec.application.ports.audit import AuditUnavailable
+
+        try:
+            applied = await migrate(await resolve(self.container.audit_pool()), max_seconds=30)
+            log.info("audit schema current (applied now: %s)", applied or "none")
+        except AuditUnavailable as exc:
+            log.warning("audit database unavailable at start (%s); will migrate on first write", exc)
 
     async def _watch_policy(self, api: Any) -> asyncio.Task[None] | None:
         """Hot reload from the `safety-policies` ConfigMap (embedded engine only); a broken
