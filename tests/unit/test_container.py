@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dependency_injector import providers
-from tests.unit.world import NS, ScriptedPolicy, World
+from tests.unit.world import NS, World
 
 from kexec.adapters.audit.memory import InMemoryAudit
+from kexec.adapters.policy.fake import FakePolicy
 from kexec.domain.phases import Phase
 from kexec.entrypoints.container import build_container, start_resources, stop_resources
 
@@ -20,7 +21,7 @@ async def test_container_with_fakes_runs_an_execution_to_completed() -> None:
     container.clock.override(providers.Object(world.clock))
     audit = InMemoryAudit()
     container.audit.override(providers.Object(audit))
-    container.policy.override(providers.Object(ScriptedPolicy()))
+    container.policy.override(providers.Object(FakePolicy()))
     await start_resources(container)
     try:
         reconcile = container.reconcile()

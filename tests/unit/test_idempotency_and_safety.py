@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.unit.world import NS, TRUSTED, World, b64
 
+from kexec.adapters.policy.fake import FakePolicy
 from kexec.application.ports.cluster import Conflict
 from kexec.domain.actions import ACTIONS
 from kexec.domain.errors import SafetyViolation
@@ -69,7 +70,7 @@ async def test_crash_between_job_creation_and_status_write_makes_one_job() -> No
 
 async def test_waiting_steps_write_nothing() -> None:
     w = World()
-    w.policy.require_approval()
+    w.policy.set_decision(FakePolicy.allowing(requires_approval=True).decision)
     await w.create("scale_deployment", SCALE)
     await w.step()
     await w.step()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from tests.unit.world import NS, TRUSTED, World
 
+from kexec.adapters.policy.fake import FakePolicy
 from kexec.application.approve import ApproveExecution
 from kexec.application.reconcile import job_name
 from kexec.application.rollback import CreateRollback
 from kexec.domain.phases import Phase
 
 SCALE = {"namespace": NS, "deployment": "web", "replicas": 4}
+APPROVAL = FakePolicy.allowing(requires_approval=True).decision
 
 
 async def test_invalid_parameters_fail_with_the_field() -> None:
@@ -40,7 +42,7 @@ async def test_precondition_failed_bare_pod() -> None:
 
 async def test_policy_denied_names_the_rule_and_creates_no_job() -> None:
     w = World()
-    w.policy.deny("replica_bounds", "max 3 replicas")
+    w.policy.set_decision(FakePolicy.denying("replica_bounds", "max 3 replicas").decision)
     await w.create("scale_deployment", SCALE)
     ex = await w.drive()
     assert (ex.phase, ex.status["reason"]) == (Phase.FAILED, "PolicyDenied")
@@ -51,7 +53,7 @@ async def test_policy_denied_names_the_rule_and_creates_no_job() -> None:
 
 async def test_policy_unavailable_fails_closed_then_continues() -> None:
     w = World()
-    w.policy.unavailable = True
+    w.policy.set_unavailable("connection refused")
     await w.create("scale_deployment", SCALE)
     for _ in range(3):
         await w.step()
@@ -59,14 +61,14 @@ async def test_policy_unavailable_fails_closed_then_continues() -> None:
     assert ex.phase is Phase.VALIDATING
     assert ex.status["reason"] == "PolicyEngineUnavailable"
     assert not w.cluster.jobs
-    w.policy.unavailable = False
+    w.policy.set_available()
     ex = await w.drive()
     assert ex.phase is Phase.COMPLETED
 
 
 async def test_approval_required_waits_then_approved() -> None:
     w = World()
-    w.policy.require_approval()
+    w.policy.set_decision(APPROVAL)
     await w.create("scale_deployment", SCALE)
     for _ in range(4):
         await w.step()
@@ -82,7 +84,7 @@ async def test_approval_required_waits_then_approved() -> None:
 
 async def test_approval_times_out() -> None:
     w = World()
-    w.policy.require_approval()
+    w.policy.set_decision(APPROVAL)
     await w.create("scale_deployment", SCALE)
     await w.step()
     await w.step()
@@ -157,7 +159,7 @@ async def test_postcondition_failed_goes_rollback_ready_and_rollback_restores() 
 
 async def test_target_changed_between_validation_and_run_is_refused() -> None:
     w = World()
-    w.policy.require_approval()
+    w.policy.set_decision(APPROVAL)
     await w.create("update_configmap", {"namespace": NS, "configMap": "cfg", "data": {"a": "b"}})
     await w.step()
     await w.step()

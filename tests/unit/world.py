@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from typing import Any
 
 from kexec.adapters.audit.memory import InMemoryAudit
 from kexec.adapters.fakes import FakeCluster, ManualClock
+from kexec.adapters.policy.fake import FakePolicy
 from kexec.application.reconcile import ReconcileExecution, StepResult
 from kexec.application.settings import Settings
 from kexec.domain.execution import FINALIZER, Execution
 from kexec.domain.phases import Phase
-from kexec.domain.policy import PolicyDecision, Violation
 
 NS = "team-a"
 TRUSTED = "kubernaut-system"
@@ -20,29 +19,6 @@ TRUSTED = "kubernaut-system"
 
 def b64(s: str) -> str:
     return base64.b64encode(s.encode()).decode()
-
-
-@dataclass
-class ScriptedPolicy:
-    """Stands in for the Rego engine: a fixed decision, or unavailable."""
-
-    decision: PolicyDecision = field(default_factory=lambda: PolicyDecision(True, engine="fake"))
-    unavailable: bool = False
-    inputs: list[dict[str, Any]] = field(default_factory=list)
-
-    async def decide(self, input_document: dict[str, Any]) -> PolicyDecision:
-        from kexec.application.ports.policy import PolicyUnavailable
-
-        self.inputs.append(input_document)
-        if self.unavailable:
-            raise PolicyUnavailable("connection refused")
-        return self.decision
-
-    def deny(self, rule: str, message: str) -> None:
-        self.decision = PolicyDecision(False, False, (Violation(rule, message),), "fake")
-
-    def require_approval(self) -> None:
-        self.decision = PolicyDecision(True, True, (), "fake")
 
 
 def deployment(name: str, replicas: int = 2, image: str = "nginx:1.0", **labels: str) -> dict[str, Any]:
@@ -64,7 +40,7 @@ class World:
     def __init__(self) -> None:
         self.clock = ManualClock()
         self.cluster = FakeCluster(self.clock)
-        self.policy = ScriptedPolicy()
+        self.policy = FakePolicy()
         self.audit = InMemoryAudit()
         self.settings = Settings(controller_namespace=TRUSTED,
                                  trusted_namespaces=frozenset({TRUSTED}))

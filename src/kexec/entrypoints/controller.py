@@ -23,6 +23,7 @@ from typing import Any
 import click
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from kexec.adapters.kubernetes.cluster import to_execution
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
 from kexec.domain.execution import GROUP, PLURAL, VERSION
@@ -100,8 +101,6 @@ class Controller:
             # Our cache has not caught up with our own last write (its watch event is on the
             # way): acting on the stale copy would only earn a 409.
             return 0.2
-        from kexec.adapters.kubernetes.cluster import to_execution
-
         execution = to_execution(obj)
         phase = execution.phase.value if execution.phase else "New"
         with self.step_seconds.labels(phase).time():
@@ -130,8 +129,6 @@ class Controller:
         log.info("leading as %s: replaying audit and resyncing", self.cfg.identity)
         assert self.executions is not None and self.reconcile is not None
         # Nothing lost: re-send every execution's transitions (idempotent), then work.
-        from kexec.adapters.kubernetes.cluster import to_execution
-
         for obj in list(self.executions.cache.values()):
             await self.reconcile.record_audit(to_execution(obj))
         self.leading.set()
