@@ -57,6 +57,20 @@ def pdb_at_limit(kexec: Kexec, ns: str, name: str) -> None:
     kexec.until(at_limit, 30, f"pdb {ns}/{name} at its limit")
 
 
+def guarded_pod_on(kexec: Kexec, ns: str, name: str, node: str) -> None:
+    """One pod of Deployment ``name`` pinned to ``node``, its PDB allowing no disruption."""
+    ready_deployment(kexec, ns, name, 1, nodeSelector={"kubernetes.io/hostname": node})
+    kexec.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                 "metadata": {"name": name, "namespace": ns},
+                 "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": name}}}})
+    pdb_at_limit(kexec, ns, name)
+
+
+def uncordon(kexec: Kexec, node: str) -> None:
+    kexec.api("PATCH", f"/api/v1/nodes/{node}", {"spec": {"unschedulable": None}},
+              content_type="application/merge-patch+json")
+
+
 def run(kexec: Kexec, ns: str, action: str, params: dict[str, Any], wait_s: float = 90,
         **spec: Any) -> dict[str, Any]:
     """Create an execution (spec fields as keywords) and wait until it is terminal."""
@@ -153,11 +167,7 @@ def test_cordon_then_uncordon(kexec: Kexec) -> None:
 def test_drain_evicts_and_a_pdb_at_its_limit_blocks_until_timeout(kexec: Kexec) -> None:
     ns = fresh_ns(kexec, "drain")
     node = "sim-node-2"
-    ready_deployment(kexec, ns, "guarded", 1, nodeSelector={"kubernetes.io/hostname": node})
-    kexec.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                 "metadata": {"name": "guarded", "namespace": ns},
-                 "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}})
-    pdb_at_limit(kexec, ns, "guarded")
+    guarded_pod_on(kexec, ns, "guarded", node)
     try:
         t0 = time.monotonic()
         blocked = run(kexec, NS_CTRL, "drain_node", {"node": node}, timeout="12s")
@@ -174,8 +184,7 @@ def test_drain_evicts_and_a_pdb_at_its_limit_blocks_until_timeout(kexec: Kexec) 
         assert [p for p in left if p["metadata"]["namespace"] == ns] == []
         assert kexec.api("GET", f"/api/v1/nodes/{node}")["spec"].get("unschedulable") is True
     finally:
-        kexec.api("PATCH", f"/api/v1/nodes/{node}", {"spec": {"unschedulable": None}},
-                  content_type="application/merge-patch+json")
+        uncordon(kexec, node)
 
 
 def test_update_configmap(kexec: Kexec) -> None:
@@ -415,11 +424,7 @@ def test_two_executions_on_one_target_run_one_after_the_other(kexec: Kexec) -> N
 def test_controller_restart_mid_execution_makes_exactly_one_job(kexec: Kexec) -> None:
     ns = fresh_ns(kexec, "restart-ctl")
     node = "sim-node-1"
-    ready_deployment(kexec, ns, "held", 1, nodeSelector={"kubernetes.io/hostname": node})
-    kexec.apply({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-                 "metadata": {"name": "held", "namespace": ns},
-                 "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "held"}}}})
-    pdb_at_limit(kexec, ns, "held")
+    guarded_pod_on(kexec, ns, "held", node)
     try:
         name = kexec.create(NS_CTRL, "drain_node", {"node": node}, timeout="60s")
         kexec.wait(NS_CTRL, name, ("Executing", "Verifying", "Completed"), timeout=30)
@@ -432,8 +437,7 @@ def test_controller_restart_mid_execution_makes_exactly_one_job(kexec: Kexec) ->
         assert obj["status"]["phase"] == "Completed", obj["status"]
         assert len(kexec.jobs_for(NS_CTRL, name)) == 1
     finally:
-        kexec.api("PATCH", f"/api/v1/nodes/{node}", {"spec": {"unschedulable": None}},
-                  content_type="application/merge-patch+json")
+        uncordon(kexec, node)
 
 
 MISSING = {

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import copy
 import json
-import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.controlplane import free_port
+from tests.support.opa import required_opa
 
 from kexec.adapters.policy.bundle import load_policy_dir
 from kexec.adapters.policy.embedded import EmbeddedPolicy
@@ -27,27 +27,11 @@ pytestmark = pytest.mark.opa
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-def _opa_binary() -> Path:
-    bin_dir = os.environ.get("KEXEC_BIN_DIR")
-    if not bin_dir:
-        pytest.fail("KEXEC_BIN_DIR is not set: run hack/build-binaries.sh and export its output")
-    opa = Path(bin_dir) / "opa"
-    if not os.access(opa, os.X_OK):
-        pytest.fail(f"{opa} is missing or not executable")
-    return opa
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def opa_server(*paths: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``opa run --server`` on a free port; yields (url, process); stops it afterwards."""
-    port = _free_port()
-    args = [str(_opa_binary()), "run", "--server", "--addr", f"127.0.0.1:{port}"]
+    port = free_port()
+    args = [str(required_opa()), "run", "--server", "--addr", f"127.0.0.1:{port}"]
     args += ["--log-level", "error", *map(str, paths)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

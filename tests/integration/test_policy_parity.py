@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import random
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -25,6 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.controlplane import free_port
+from tests.support.opa import required_opa
 
 from kexec.adapters.policy.bundle import load_policy_dir, policy_set_from_sources, prepare_input
 from kexec.adapters.policy.embedded import CompiledPolicy
@@ -37,27 +37,11 @@ SEED = 20250611
 GENERATED = 400
 
 
-def _opa_binary() -> Path:
-    bin_dir = os.environ.get("KEXEC_BIN_DIR")
-    if not bin_dir:
-        pytest.fail("KEXEC_BIN_DIR is not set: run hack/build-binaries.sh and export its output")
-    opa = Path(bin_dir) / "opa"
-    if not os.access(opa, os.X_OK):
-        pytest.fail(f"{opa} is missing or not executable")
-    return opa
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def opa_url() -> Iterator[str]:
     """``opa run --server policies/`` (modules, data.json and testdata) on a free port."""
-    port = _free_port()
-    args = [str(_opa_binary()), "run", "--server", "--addr", f"127.0.0.1:{port}"]
+    port = free_port()
+    args = [str(required_opa()), "run", "--server", "--addr", f"127.0.0.1:{port}"]
     proc = subprocess.Popen(
         [*args, "--log-level", "error", str(POLICIES)],
         stdout=subprocess.DEVNULL,

@@ -36,6 +36,22 @@ def find_opa(bin_dir: str | Path | None = None) -> Path:
     return opa
 
 
+def required_opa() -> Path:
+    """$KEXEC_BIN_DIR/opa for a test that needs it, failing the test (never skipping, never
+    building) when the binary is not there."""
+    import os
+
+    import pytest
+
+    bin_dir = os.environ.get("KEXEC_BIN_DIR")
+    if not bin_dir:
+        pytest.fail("KEXEC_BIN_DIR is not set: run hack/build-binaries.sh and export its output")
+    opa = Path(bin_dir) / "opa"
+    if not os.access(opa, os.X_OK):
+        pytest.fail(f"{opa} is missing or not executable")
+    return opa
+
+
 def opa_version(opa: str | Path | None = None) -> str:
     out = subprocess.run([str(opa or find_opa()), "version"], check=True, capture_output=True, text=True)
     return out.stdout
