@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NS_CTRL = "kubernaut-system"
 GROUP_PATH = "/apis/kubernetesexecution.kubernaut.io/v1alpha1"
 TERMINAL = ("Completed", "Failed", "RollbackReady")
+APPROVER = "alice"  # a second person with kexec-approver (the admin creates executions)
 
 
 def free_port() -> int:
@@ -107,10 +108,19 @@ class Kexec:
     # --- setup ------------------------------------------------------------------------
     def install(self) -> None:
         self.namespace(NS_CTRL)
-        for path in ("deploy/crd.yaml", "deploy/rbac"):
+        for path in ("deploy/crd.yaml", "deploy/admission.yaml", "deploy/rbac"):
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / path))
         self.kubectl("wait", "--for=condition=Established", "--timeout=30s",
                      "crd/kubernetesexecutions.kubernetesexecution.kubernaut.io")
+        self.await_admission()
+        # A second person who may approve (kexec-approver) and edit executions everywhere.
+        for role in ("kexec-approver", "kexec-edit"):
+            self.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                        "metadata": {"name": f"e2e-approver-{role}"},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                    "name": role},
+                        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                      "name": APPROVER}]})
         self.namespace(NS_CTRL)
         self.kubectl("create", "serviceaccount", "kexec-controller", "-n", NS_CTRL, check=False)
         token = self.api("POST", f"/api/v1/namespaces/{NS_CTRL}/serviceaccounts/kexec-controller/token",
@@ -126,6 +136,22 @@ class Kexec:
                                                          "user": "kexec-controller"}}],
             "current-context": "kexec",
         }))
+
+    def await_admission(self, timeout: float = 30) -> None:
+        """The admission policies take a moment to be in force: a server-side dry-run create
+        comes back stamped once they are."""
+        probe = {"apiVersion": "kubernetesexecution.kubernaut.io/v1alpha1",
+                 "kind": "KubernetesExecution", "metadata": {"name": "admission-probe"},
+                 "spec": {"action": "cordon_node", "parameters": {"cordonNode": {"node": "x"}}}}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code, obj = self.try_api(
+                "POST", f"{GROUP_PATH}/namespaces/{NS_CTRL}/kubernetesexecutions?dryRun=All", probe)
+            if code == 200 and "kubernetesexecution.kubernaut.io/requested-by" in (
+                    (obj.get("metadata") or {}).get("annotations") or {}):
+                return
+            time.sleep(0.2)
+        raise AssertionError("kexec's admission policies did not come into force")
 
     def start_controller(self, identity: str = "e2e-1", *extra: str,
                          http_port: int | None = None) -> subprocess.Popen[bytes]:

@@ -317,9 +317,12 @@ def test_rbac_isolation_between_action_identities(kexec: Kexec) -> None:
                                                 "replicas": 2})["status"]["phase"] == "Completed"
     token = kexec.token_for(ns, "kexec-scale-deployment")
     pod = kexec.api("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=app=web")["items"][0]["metadata"]["name"]
-    # Its own operation is allowed ...
-    assert kexec.as_token(token, "GET", f"/apis/apps/v1/namespaces/{ns}/deployments/web/scale") == 200
-    # ... other actions' operations are Forbidden by the real apiserver.
+    # Zero standing privilege: once its execution ended, not even its own operation is allowed
+    # (the binding existed only while the execution needed it) ...
+    kexec.until(lambda: kexec.as_token(
+        token, "GET", f"/apis/apps/v1/namespaces/{ns}/deployments/web/scale") == 403, 10,
+        "the per-action binding to be gone")
+    # ... and other actions' operations are Forbidden by the real apiserver.
     assert kexec.as_token(token, "DELETE", f"/api/v1/namespaces/{ns}/pods/{pod}") == 403
     assert kexec.as_token(token, "PATCH", f"/apis/apps/v1/namespaces/{ns}/deployments/web",
                           {"spec": {"paused": True}}) == 403
@@ -358,7 +361,7 @@ def test_approval_gate_and_kexec_approve(kexec: Kexec) -> None:
     assert obj["status"]["validation"]["policy"]["requiresApproval"] is True
     time.sleep(1.5)
     assert kexec.jobs_for(ns, name) == []
-    out = kexec_cli(kexec, "approve", name, "-n", ns, "--by", "alice")
+    out = kexec_cli(kexec, "approve", name, "-n", ns, "--as", "alice")
     assert out.returncode == 0, out.stderr
     obj = kexec.wait(ns, name, timeout=90)
     assert obj["status"]["phase"] == "Completed", obj["status"]
@@ -397,7 +400,7 @@ def test_permanent_failure_is_not_retried(kexec: Kexec) -> None:
     kexec.wait(ns, name, ("WaitingApproval",), timeout=30)
     kexec.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": ns},
                  "data": {"a": "someone-else"}})
-    assert kexec_cli(kexec, "approve", name, "-n", ns).returncode == 0
+    assert kexec_cli(kexec, "approve", name, "-n", ns, "--as", "alice").returncode == 0
     obj = kexec.wait(ns, name, timeout=60)
     assert (obj["status"]["phase"], obj["status"]["reason"]) == ("Failed", "TargetChanged"), obj["status"]
     assert obj["status"]["execution"]["attempts"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.unit.world import NS, TRUSTED, World, b64
+from tests.unit.world import NS, TRUSTED, World, b64, wire
 
 from kexec.domain.actions import ACTIONS
 
@@ -26,11 +26,11 @@ async def test_scale_deployment() -> None:
     ex = await w.drive()
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("Deployment", NS, "web")["spec"]["replicas"] == 5
-    assert ex.status["rollback"] == {"available": True, "action": "scale_deployment",
+    assert wire(ex)["rollback"] == {"available": True, "action": "scale_deployment",
                                      "parameters": {"namespace": NS, "deployment": "web",
                                                     "replicas": 2}}
-    assert ex.status["execution"]["attempts"] == 1
-    assert {c["type"] for c in ex.status["conditions"] if c["status"] == "True"} == {
+    assert wire(ex)["execution"]["attempts"] == 1
+    assert {c["type"] for c in wire(ex)["conditions"] if c["status"] == "True"} == {
         "Validated", "PolicyAllowed", "Executed", "Verified"}
 
 
@@ -42,7 +42,7 @@ async def test_rollout_restart() -> None:
     ann = w.cluster.obj("Deployment", NS, "web")["spec"]["template"]["metadata"]["annotations"]
     assert ann["kexec.kubernaut.io/restarted-by"] == ex.uid
     assert ann["kubectl.kubernetes.io/restartedAt"]
-    assert ex.status["rollback"]["available"] is False
+    assert wire(ex)["rollback"]["available"] is False
 
 
 async def test_delete_pod() -> None:
@@ -51,7 +51,7 @@ async def test_delete_pod() -> None:
     ex = await w.drive()
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("Pod", NS, "web-1") is None
-    assert ex.status["rollback"]["available"] is False
+    assert wire(ex)["rollback"]["available"] is False
 
 
 async def test_patch_deployment() -> None:
@@ -64,7 +64,7 @@ async def test_patch_deployment() -> None:
     assert w.phases(ex) == HAPPY
     dep = w.cluster.obj("Deployment", NS, "web")
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:2"
-    rb = ex.status["rollback"]
+    rb = wire(ex)["rollback"]
     assert rb["action"] == "patch_deployment"
     assert rb["parameters"]["patch"] == [{"op": "replace", "path": "/spec",
                                           "value": before["spec"]}]
@@ -82,7 +82,7 @@ async def test_cordon_and_uncordon(action: str, start: bool, end: bool, inverse:
     ex = await w.drive(namespace=TRUSTED)
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("Node", "", "node-2")["spec"]["unschedulable"] is end
-    assert ex.status["rollback"] == {"available": True, "action": inverse,
+    assert wire(ex)["rollback"] == {"available": True, "action": inverse,
                                      "parameters": {"node": "node-2"}}
 
 
@@ -93,7 +93,7 @@ async def test_drain_node_evicts_and_cordons() -> None:
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("Node", "", "node-1")["spec"]["unschedulable"] is True
     assert w.cluster.obj("Pod", NS, "web-1") is None
-    assert ex.status["rollback"]["action"] == "uncordon_node"
+    assert wire(ex)["rollback"]["action"] == "uncordon_node"
 
 
 async def test_update_configmap() -> None:
@@ -104,7 +104,7 @@ async def test_update_configmap() -> None:
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("ConfigMap", NS, "cfg")["data"] == {"mode": "fast", "keep": "yes",
                                                              "new": "1"}
-    assert ex.status["rollback"]["parameters"]["data"] == {"mode": "slow", "new": None}
+    assert wire(ex)["rollback"]["parameters"]["data"] == {"mode": "slow", "new": None}
 
 
 async def test_update_secret_keeps_values_out_of_every_record() -> None:
@@ -115,12 +115,12 @@ async def test_update_secret_keeps_values_out_of_every_record() -> None:
     assert w.phases(ex) == HAPPY
     target = w.cluster.obj("Secret", NS, "creds")
     assert target["data"] == {"password": b64("new-password-value"), "user": b64("svc-user")}
-    rb = ex.status["rollback"]
+    rb = wire(ex)["rollback"]
     backup = w.cluster.obj("Secret", NS, rb["parameters"]["sourceSecretRef"]["name"])
     assert backup["data"] == {"password": b64("old-password-value")}
     assert backup["metadata"]["ownerReferences"][0]["uid"] == ex.uid
     audit = [(r, w.audit.transitions(r.execution_uid)) for r in w.audit.executions()]
-    recorded = json.dumps([ex.status, w.cluster.events, audit], default=str)
+    recorded = json.dumps([wire(ex), w.cluster.events, audit], default=str)
     for value in ("new-password-value", "old-password-value", "svc-user",
                   b64("new-password-value"), b64("old-password-value")):
         assert value not in recorded
@@ -134,7 +134,7 @@ async def test_apply_manifest_creates_and_rollback_deletes() -> None:
     ex = await w.drive()
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("ConfigMap", NS, "fresh")["data"] == {"k": "v"}
-    assert ex.status["rollback"]["parameters"]["delete"] is True
+    assert wire(ex)["rollback"]["parameters"]["delete"] is True
 
 
 async def test_rollback_deployment_restores_previous_template() -> None:
@@ -147,7 +147,7 @@ async def test_rollback_deployment_restores_previous_template() -> None:
     assert w.phases(ex) == HAPPY
     image = w.cluster.obj("Deployment", NS, "web")["spec"]["template"]["spec"]["containers"][0]
     assert image["image"] == "nginx:1.0"
-    assert ex.status["rollback"] == {"available": True, "action": "rollback_deployment",
+    assert wire(ex)["rollback"] == {"available": True, "action": "rollback_deployment",
                                      "parameters": {"namespace": NS, "deployment": "web",
                                                     "toRevision": 2}}
 
@@ -158,6 +158,6 @@ async def test_dry_run_validates_and_changes_nothing() -> None:
                    dryRun=True)
     ex = await w.drive()
     assert w.phases(ex) == ["Pending", "Validating", "Completed"]
-    assert ex.status["reason"] == "DryRunSucceeded"
+    assert wire(ex)["reason"] == "DryRunSucceeded"
     assert w.cluster.obj("Deployment", NS, "web")["spec"]["replicas"] == 2
     assert not w.cluster.jobs

@@ -160,10 +160,18 @@ def test_spec_schema_follows_the_design() -> None:
     for field in ("targetCluster", "approvalReceived", "approvedBy", "rollbackOf"):
         assert field in props
     # The CEL rule pairs every action with its key.
-    (rule,) = spec["x-kubernetes-validations"]
+    rule, immutable = spec["x-kubernetes-validations"]
     for action in ACTIONS.values():
         pair = f"(self.action == '{action.name}' && has(self.parameters.{action.key}))"
         assert pair in rule["rule"]
+    # ... and every spec field but the approval fields is pinned at creation.
+    from kexec.adapters.kubernetes.crd import PINNED_FIELDS
+    from kexec.domain.execution import APPROVAL_FIELDS
+
+    assert set(PINNED_FIELDS) | set(APPROVAL_FIELDS) == set(props)
+    assert not set(PINNED_FIELDS) & set(APPROVAL_FIELDS)
+    for field in PINNED_FIELDS:
+        assert f"self.{field} == oldSelf.{field}" in immutable["rule"]
 
 
 def test_status_schema_is_typed_and_open() -> None:

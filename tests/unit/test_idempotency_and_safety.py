@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.unit.world import NS, TRUSTED, World, b64
+from tests.unit.world import NS, TRUSTED, World, b64, wire
 
 from kexec.adapters.policy.fake import FakePolicy
 from kexec.application.ports.cluster import Conflict
@@ -13,6 +13,7 @@ from kexec.domain.execution import Execution
 from kexec.domain.phases import Phase
 from kexec.domain.resources import ObjectRef
 from kexec.domain.safety import REDACTED, check_namespace, holder_of, redact, secret_values
+from kexec.domain.status import ExecutionStatus
 
 SCALE = {"namespace": NS, "deployment": "web", "replicas": 4}
 
@@ -84,7 +85,7 @@ async def test_untrusted_namespace_may_not_target_another_namespace() -> None:
     w = World()
     await w.create("scale_deployment", {**SCALE, "namespace": "other"})
     ex = await w.drive()
-    assert (ex.phase, ex.status["reason"]) == (Phase.FAILED, "NamespaceNotAllowed")
+    assert (ex.phase, wire(ex)["reason"]) == (Phase.FAILED, "NamespaceNotAllowed")
     assert not w.cluster.jobs
 
 
@@ -92,7 +93,7 @@ async def test_node_actions_only_from_trusted_namespaces() -> None:
     w = World()
     await w.create("cordon_node", {"node": "node-1"})
     ex = await w.drive()
-    assert (ex.phase, ex.status["reason"]) == (Phase.FAILED, "NamespaceNotAllowed")
+    assert (ex.phase, wire(ex)["reason"]) == (Phase.FAILED, "NamespaceNotAllowed")
     assert not w.cluster.obj("Node", "", "node-1")["spec"].get("unschedulable")
 
 
@@ -111,7 +112,7 @@ async def test_one_execution_per_target_runs_in_creation_order() -> None:
     await w.step("second")  # adds the audit finalizer
     await w.step("second")
     second = await w.get("second")
-    assert second.status["reason"] == "TargetBusy" and not w.cluster.jobs
+    assert wire(second)["reason"] == "TargetBusy" and not w.cluster.jobs
     first = await w.drive("first")
     assert first.phase is Phase.COMPLETED
     second = await w.drive("second")
@@ -124,7 +125,7 @@ def test_holder_ignores_terminal_and_other_targets() -> None:
         spec = {"action": "scale_deployment",
                 "parameters": {"scaleDeployment": {"namespace": NS, "deployment": dep,
                                                    "replicas": replicas}}}
-        e = Execution(NS, name, uid=name, spec=spec, status={"phase": phase} if phase else {})
+        e = Execution(NS, name, uid=name, spec=spec, status=ExecutionStatus(phase=Phase(phase) if phase else None))
         return e
 
     a, b = ex("a", 1, "Completed"), ex("b", 2, dep="other")

@@ -7,6 +7,7 @@ from typing import Any
 
 from kexec.adapters.audit.memory import InMemoryAudit
 from kexec.adapters.fakes import FakeCluster, ManualClock
+from kexec.adapters.kubernetes.wire import status_to_wire
 from kexec.adapters.policy.fake import FakePolicy
 from kexec.application.reconcile import ReconcileExecution, StepResult
 from kexec.application.settings import Settings
@@ -15,6 +16,11 @@ from kexec.domain.phases import Phase
 
 NS = "team-a"
 TRUSTED = "kubernaut-system"
+
+
+def wire(ex: Execution) -> dict[str, Any]:
+    """The status as the API server (and kubectl) shows it."""
+    return status_to_wire(ex.status)
 
 
 def b64(s: str) -> str:
@@ -99,4 +105,4 @@ class World:
         return await self.get(name, namespace)
 
     def phases(self, ex: Execution) -> list[str]:
-        return [t["phase"] for t in ex.status.get("phaseTransitions", [])]
+        return [t["phase"] for t in wire(ex).get("phaseTransitions", [])]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from kexec.application.ports.cluster import ClusterPort, NotFound
+from kexec.application.ports.cluster import ExecutionStore, NotFound
 from kexec.domain.actions import ACTIONS
 from kexec.domain.execution import Execution
 
@@ -12,14 +12,14 @@ class NoRollback(Exception):
 class CreateRollback:
     """Create the inverse execution from ``status.rollback`` of a finished one."""
 
-    def __init__(self, cluster: ClusterPort) -> None:
+    def __init__(self, cluster: ExecutionStore) -> None:
         self.cluster = cluster
 
     async def __call__(self, namespace: str, name: str) -> Execution:
         ex = await self.cluster.get_execution(namespace, name)
         if ex is None:
             raise NotFound(f"kubernetesexecution {namespace}/{name} not found")
-        rollback = ex.status.get("rollback") or {}
+        rollback = ex.status.rollback or {}
         if not rollback.get("available"):
             why = rollback.get("note") or "no rollback recorded"
             raise NoRollback(f"{ex.key} has no rollback available: {why}")

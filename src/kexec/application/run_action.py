@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kexec.application.ports.clock import Clock
-from kexec.application.ports.cluster import ClusterError, ClusterPort, Conflict, NotFound, TooManyRequests
+from kexec.application.ports.cluster import ClusterError, Conflict, NotFound, RunnerCluster, TooManyRequests
 from kexec.application.snapshot import read_snapshot, snapshot_objects
 from kexec.domain.actions import ACTIONS, Context
 from kexec.domain.errors import ValidationError
@@ -98,7 +98,7 @@ class EvictionBlocked(ClusterError):
 class RunAction:
     def __init__(
         self,
-        cluster: ClusterPort,
+        cluster: RunnerCluster,
         clock: Clock,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:

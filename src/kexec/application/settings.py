@@ -19,6 +19,10 @@ class Settings:
     requeue_policy_unavailable_seconds: float = 5.0
     requeue_paused_seconds: float = 10.0
     service_account_prefix: str = "kexec-"
+    # Approval by the requester themselves counts only when this is set.
+    allow_self_approval: bool = False
 
-    def is_trusted(self, namespace: str) -> bool:
-        return namespace in self.trusted_namespaces or namespace == self.controller_namespace
+    @property
+    def trusted(self) -> frozenset[str]:
+        """Namespaces whose executions may act elsewhere (the controller's own included)."""
+        return self.trusted_namespaces | {self.controller_namespace}

@@ -3,12 +3,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from kexec.application.ports.cluster import ClusterPort, Identity
+from kexec.application.ports.cluster import Identity, RunnerCluster
 from kexec.domain.resources import Read, Snapshot
 
 
 async def read_snapshot(
-    cluster: ClusterPort, reads: Iterable[Read], identity: Identity | None = None
+    cluster: RunnerCluster, reads: Iterable[Read], identity: Identity | None = None
 ) -> Snapshot:
     """Carry out an action's reads; a Get of an absent object yields None."""
     snap: Snapshot = {}

@@ -4,14 +4,52 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions import Action
 from kexec.domain.errors import SafetyViolation
 from kexec.domain.execution import Execution, ExecutionSpec, parse_spec
-from kexec.domain.resources import ObjectRef
+from kexec.domain.resources import KINDS, ObjectRef
 
 REDACTED = "[REDACTED]"
+_NAMED_VERBS = frozenset({"get", "update", "patch", "delete"})
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One operation as the authorizer sees it (a SubjectAccessReview's resourceAttributes)."""
+
+    group: str
+    resource: str
+    verb: str
+    namespace: str = ""
+    name: str = ""
+    subresource: str = ""
+
+    def __str__(self) -> str:
+        res = self.resource + (f"/{self.subresource}" if self.subresource else "")
+        group = f".{self.group}" if self.group else ""
+        named = f" {self.name!r}" if self.name else ""
+        where = f" in namespace {self.namespace!r}" if self.namespace else " cluster-wide"
+        return f"{self.verb} {res}{group}{named}{where}"
+
+
+def requester_permissions(action: Action[Any], params: Any) -> list[Permission]:
+    """What a requester in an untrusted namespace must be allowed to do themselves for kexec
+    to do it for them: each of the action's own operations, on the target's namespace (and
+    on the target by name where the verb names one)."""
+    target = action.target(params)
+    plural = KINDS[target.kind].plural
+    out: list[Permission] = []
+    for rule in action.operations(params):
+        for resource in rule.resources:
+            base, _, sub = resource.partition("/")
+            for group in rule.api_groups:
+                for verb in rule.verbs:
+                    name = target.name if base == plural and verb in _NAMED_VERBS else ""
+                    out.append(Permission(group, base, verb, target.namespace, name, sub))
+    return out
 
 
 def check_target_cluster(spec: ExecutionSpec) -> None:

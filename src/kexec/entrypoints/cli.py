@@ -120,11 +120,13 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def _with_cluster(kubeconfig: str | None, fn: Any) -> Any:
+async def _with_cluster(kubeconfig: str | None, fn: Any, as_user: str = "") -> Any:
     from kexec.adapters.kubernetes.client import api_client
     from kexec.adapters.kubernetes.cluster import KubernetesCluster
 
     async for api in api_client(kubeconfig, pool_size=4):
+        if as_user:  # like kubectl --as: the API server authorizes the impersonation
+            api.set_default_header("Impersonate-User", as_user)
         return await fn(KubernetesCluster(api))
 
 
@@ -136,19 +138,25 @@ def _fail(message: str) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("--by", "approver", default="", help="who approves (recorded)")
+@click.option("--as", "as_user", default="", help="approve as this user (impersonation, "
+              "like kubectl --as)")
 @click.option("--kubeconfig", envvar="KUBECONFIG", default=None)
-def approve(name: str, namespace: str, approver: str, kubeconfig: str | None) -> None:
-    """Approve an execution waiting in WaitingApproval."""
+def approve(name: str, namespace: str, as_user: str, kubeconfig: str | None) -> None:
+    """Approve an execution waiting in WaitingApproval, as your own identity.
+
+    The approval counts when you are not its requester and hold the verb `approve` on
+    kubernetesexecutions in its namespace (ClusterRole kexec-approver)."""
     from kexec.application.approve import ApproveExecution
     from kexec.application.ports.cluster import ClusterError
 
+    async def approve_as_me(cluster: Any) -> Any:
+        return await ApproveExecution(cluster)(namespace, name, await cluster.whoami())
+
     try:
-        ex = _run(_with_cluster(kubeconfig, lambda c: ApproveExecution(c)(namespace, name,
-                                                                         approver)))
+        ex = _run(_with_cluster(kubeconfig, approve_as_me, as_user))
     except (ClusterError, ValueError) as exc:
         _fail(str(exc))
-    click.echo(f"approved {ex.key}")
+    click.echo(f"approved {ex.key} as {ex.spec.get('approvedBy')}")
 
 
 @cli.command()

@@ -23,7 +23,7 @@ from typing import Any
 import click
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from kexec.adapters.kubernetes.cluster import to_execution
+from kexec.adapters.kubernetes.wire import to_execution
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
 from kexec.domain.execution import GROUP, PLURAL, VERSION
@@ -131,6 +131,13 @@ class Controller:
         # Nothing lost: re-send every execution's transitions (idempotent), then work.
         for obj in list(self.executions.cache.values()):
             await self.reconcile.record_audit(to_execution(obj))
+        # Zero standing privilege: remove bindings a crashed leader left behind.
+        try:
+            removed = await self.reconcile.collect_garbage()
+            if removed:
+                log.info("removed %d per-action bindings no execution needs", removed)
+        except Exception as exc:  # best effort: the next release removes them too
+            log.warning("binding clean-up failed: %s", exc)
         self.leading.set()
         for key in list(self.executions.cache):
             self.queue.add(key)

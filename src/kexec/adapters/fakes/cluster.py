@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kexec.adapters.kubernetes.wire import status_from_wire, status_to_wire
 from kexec.application.ports.clock import Clock
 from kexec.application.ports.cluster import (
     AlreadyExists,
@@ -34,7 +35,13 @@ from kexec.application.ports.cluster import (
 from kexec.application.run_action import EXIT_PERMANENT, RunAction, RunReport, RunRequest
 from kexec.domain.actions import ACTIONS, Context
 from kexec.domain.actions.rollback_deployment import HASH_LABEL, REVISION
-from kexec.domain.execution import Execution, iso
+from kexec.domain.execution import (
+    APPROVAL_FIELDS,
+    REQUESTED_BY,
+    REQUESTED_BY_GROUPS,
+    Execution,
+    iso,
+)
 from kexec.domain.resources import (
     KINDS,
     Create,
@@ -49,6 +56,7 @@ from kexec.domain.resources import (
     Replace,
     Rule,
 )
+from kexec.domain.safety import Permission
 
 Key = tuple[str, str, str]
 
@@ -132,6 +140,14 @@ class FakeCluster:
         self.job_outcomes: dict[str, list[int]] = {}  # job name → exit codes per attempt
         self.job_handler: JobHandler | None = None
         self.kill_switch = False
+        # Admission, as deploy/admission.yaml does it: the creating user is stamped on every
+        # execution; approval fields are the only spec fields that may change.
+        self.acting_user = "orchestrator"
+        self.acting_groups: tuple[str, ...] = ("system:authenticated",)
+        self.admission_missing = ""
+        self.immutable_spec = True
+        # What people may do (SubjectAccessReview); None = everything.
+        self.user_rules: dict[str, list[tuple[str, Rule]]] | None = None
         self.counter = _Counter()
         self._rv = itertools.count(1000)
 
@@ -361,6 +377,39 @@ class FakeCluster:
         raise Forbidden(f'User "{identity.username}" cannot {verb} resource "{resource}" '
                         f'in API group "{info.group}"{where}')
 
+    async def revoke_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
+        binding = (identity.username, action, target_namespace)
+        if binding in self.bindings:
+            self._write("RoleBinding")
+            self.bindings.discard(binding)
+            rules = set(ACTIONS[action].rules)
+            self.grants[identity.username] = [
+                (scope, rule) for scope, rule in self.grants.get(identity.username, [])
+                if not (scope == target_namespace and rule in rules)]
+
+    async def identity_grants(self) -> list[tuple[Identity, str, str]]:
+        out = []
+        for username, action, target_namespace in sorted(self.bindings):
+            _, _, namespace, name = username.split(":", 3)
+            out.append((Identity(namespace, name), action, target_namespace))
+        return out
+
+    async def access_allowed(self, user: str, groups: tuple[str, ...],
+                             permission: Permission) -> bool:
+        if self.user_rules is None:
+            return True
+        for scope, rule in self.user_rules.get(user, []):
+            resource = permission.resource + (
+                f"/{permission.subresource}" if permission.subresource else "")
+            if ((not scope or scope == permission.namespace)
+                    and permission.group in rule.api_groups and resource in rule.resources
+                    and permission.verb in rule.verbs):
+                return True
+        return False
+
+    async def admission_installed(self) -> str:
+        return self.admission_missing
+
     def view(self, identity: Identity) -> _IdentityView:
         """The cluster as one identity sees it (what the runner in a Job pod gets)."""
         return _IdentityView(self, identity)
@@ -437,6 +486,8 @@ class FakeCluster:
         if key in self.executions:
             raise AlreadyExists(f"kubernetesexecution {execution.key} already exists")
         new = execution.copy()
+        new.annotations[REQUESTED_BY] = self.acting_user
+        new.annotations[REQUESTED_BY_GROUPS] = ",".join(self.acting_groups)
         new.uid = new.uid or str(uuid.uuid4())
         new.resource_version = str(next(self._rv))
         new.created = self.clock.now()
@@ -446,6 +497,11 @@ class FakeCluster:
 
     async def update_execution(self, execution: Execution) -> Execution:
         stored = self._check_rv(execution)
+        if self.immutable_spec and _pinned(execution.spec) != _pinned(stored.spec):
+            raise Invalid("spec: Invalid value: only spec.approvalReceived and spec.approvedBy "
+                          "may change after creation")
+        if execution.annotations.get(REQUESTED_BY) != stored.annotations.get(REQUESTED_BY):
+            raise Invalid(f"metadata.annotations[{REQUESTED_BY}]: is set by admission only")
         if execution.spec != stored.spec:
             stored.generation += 1
         stored.spec = copy.deepcopy(execution.spec)
@@ -459,7 +515,8 @@ class FakeCluster:
 
     async def update_status(self, execution: Execution) -> Execution:
         stored = self._check_rv(execution)
-        stored.status = copy.deepcopy(execution.status)
+        # Through the wire form, as the API server stores it (redacted, typed again).
+        stored.status = status_from_wire(status_to_wire(execution.status))
         stored.resource_version = str(next(self._rv))
         self._write("KubernetesExecution/status")
         return stored.copy()
@@ -515,6 +572,10 @@ class FakeCluster:
         return (kind, namespace if KINDS[kind].namespaced else "", name)
 
 
+def _pinned(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in APPROVAL_FIELDS}
+
+
 class _IdentityView:
     """Reads and writes as one identity; everything else passes through."""
 
@@ -545,7 +606,7 @@ async def run_in_pod(job: JobRequest, cluster: FakeCluster) -> RunReport:
         if advance is not None:
             advance(seconds)
 
-    runner = RunAction(cluster.view(identity), clock, sleep)  # type: ignore[arg-type]
+    runner = RunAction(cluster.view(identity), clock, sleep)
     return await runner(RunRequest(
         action=env["KEXEC_ACTION"],
         parameters=json.loads(env["KEXEC_PARAMETERS"]),

@@ -21,25 +21,19 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from kexec.adapters.kubernetes.errors import classify
+from kexec.adapters.kubernetes.rbac import ADMISSION_POLICY_NAMES
+from kexec.adapters.kubernetes.wire import from_execution, to_execution
 from kexec.application.ports.cluster import (
     AlreadyExists,
     ClusterError,
     Identity,
     JobRequest,
     JobState,
+    NotFound,
     Unavailable,
 )
 from kexec.domain.actions import ACTIONS
-from kexec.domain.execution import (
-    API_VERSION,
-    GROUP,
-    KIND,
-    PLURAL,
-    VERSION,
-    Execution,
-    iso,
-    parse_time,
-)
+from kexec.domain.execution import API_VERSION, GROUP, KIND, PLURAL, VERSION, Execution, iso
 from kexec.domain.resources import (
     KINDS,
     Create,
@@ -53,6 +47,7 @@ from kexec.domain.resources import (
     Read,
     Replace,
 )
+from kexec.domain.safety import Permission
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +58,17 @@ CONTENT_TYPES = {
     "apply": "application/apply-patch+yaml",
 }
 JOB_LABEL = "batch.kubernetes.io/job-name"
+MANAGED_BY = "app.kubernetes.io/managed-by=kexec"
+ADMISSION_API = "/apis/admissionregistration.k8s.io/v1"
+ADMISSION_OBJECTS = tuple(
+    (resource, name)
+    for name, kinds in zip(ADMISSION_POLICY_NAMES, (("mutatingadmissionpolicies",
+                                                     "mutatingadmissionpolicybindings"),
+                                                    ("validatingadmissionpolicies",
+                                                     "validatingadmissionpolicybindings")),
+                           strict=True)
+    for resource in kinds
+)
 RUNNER_CONTAINER = "runner"
 
 
@@ -93,42 +99,6 @@ def execution_path(namespace: str = "", name: str = "", subresource: str = "") -
     if subresource:
         base += f"/{subresource}"
     return base
-
-
-def to_execution(obj: dict[str, Any]) -> Execution:
-    m = obj.get("metadata") or {}
-    return Execution(
-        namespace=m.get("namespace", ""),
-        name=m.get("name", ""),
-        uid=m.get("uid", ""),
-        generation=int(m.get("generation", 1) or 1),
-        resource_version=m.get("resourceVersion", ""),
-        created=parse_time(m.get("creationTimestamp")) or datetime.now(UTC),
-        labels=dict(m.get("labels") or {}),
-        annotations=dict(m.get("annotations") or {}),
-        finalizers=list(m.get("finalizers") or []),
-        deleting=bool(m.get("deletionTimestamp")),
-        spec=dict(obj.get("spec") or {}),
-        status=dict(obj.get("status") or {}),
-    )
-
-
-def from_execution(ex: Execution) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": ex.name, "namespace": ex.namespace}
-    if ex.resource_version:
-        meta["resourceVersion"] = ex.resource_version
-    if ex.uid:
-        meta["uid"] = ex.uid
-    if ex.labels:
-        meta["labels"] = ex.labels
-    if ex.annotations:
-        meta["annotations"] = ex.annotations
-    meta["finalizers"] = ex.finalizers
-    out: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta,
-                           "spec": ex.spec}
-    if ex.status:
-        out["status"] = ex.status
-    return out
 
 
 class _TTL:
@@ -173,7 +143,6 @@ class KubernetesCluster:
         self.field_manager = field_manager
         self.execution_cache = execution_cache
         self.node_cache = node_cache
-        self._ensured: set[tuple[str, str, str]] = set()
         self._converted: dict[str, tuple[Any, Execution]] = {}
         self._facts = _TTL(facts_ttl)
         self._api_calls = (Counter("kexec_api_requests_total",
@@ -319,16 +288,13 @@ class KubernetesCluster:
         log.warning("binding of %s to %s not effective after 2.5s", identity.username, action)
 
     async def ensure_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
-        key = (identity.username, action, target_namespace)
-        if key in self._ensured:
-            return
         labels = {"app.kubernetes.io/managed-by": "kexec"}
         await self._create(path_for("ServiceAccount", identity.namespace), {
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": identity.service_account, "namespace": identity.namespace,
                          "labels": labels},
         })
-        name = f"{action_role(action)}-{identity.namespace}"[:253]
+        name = self._binding_name(identity, action)
         binding = {
             "metadata": {"name": name, "labels": labels},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -347,7 +313,68 @@ class KubernetesCluster:
                                           "kind": "ClusterRoleBinding", **binding})
         if created:
             await self._await_rbac(identity, action, target_namespace)
-        self._ensured.add(key)
+
+    def _binding_name(self, identity: Identity, action: str) -> str:
+        return f"{action_role(action)}-{identity.namespace}"[:253]
+
+    async def revoke_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
+        name = self._binding_name(identity, action)
+        path = (path_for("RoleBinding", target_namespace, name) if target_namespace
+                else path_for("ClusterRoleBinding", "", name))
+        try:
+            await self.request("DELETE", path)
+        except NotFound:
+            pass
+
+    async def identity_grants(self) -> list[tuple[Identity, str, str]]:
+        by_role = {action_role(a): a for a in ACTIONS}
+        out: list[tuple[Identity, str, str]] = []
+        for kind in ("RoleBinding", "ClusterRoleBinding"):
+            doc = await self.request("GET", path_for(kind),
+                                     query=[("labelSelector", MANAGED_BY)])
+            for item in doc.get("items") or []:
+                action = by_role.get((item.get("roleRef") or {}).get("name", ""))
+                subjects = item.get("subjects") or []
+                if action is None or len(subjects) != 1:
+                    continue
+                sa = subjects[0]
+                out.append((Identity(sa.get("namespace", ""), sa.get("name", "")), action,
+                            (item.get("metadata") or {}).get("namespace", "")))
+        return out
+
+    async def access_allowed(self, user: str, groups: tuple[str, ...],
+                             permission: Permission) -> bool:
+        attrs = {k: v for k, v in (
+            ("group", permission.group), ("resource", permission.resource),
+            ("verb", permission.verb), ("namespace", permission.namespace),
+            ("name", permission.name), ("subresource", permission.subresource)) if v}
+        attrs.setdefault("group", "")
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                  "spec": {"user": user, "groups": list(groups), "resourceAttributes": attrs}}
+        answer = await self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                                    body=review)
+        return bool((answer.get("status") or {}).get("allowed"))
+
+    async def admission_installed(self) -> str:
+        cached = self._facts.get("admission")
+        if cached is None:
+            cached = ""
+            for resource, name in ADMISSION_OBJECTS:
+                try:
+                    await self.request("GET", f"{ADMISSION_API}/{resource}/{name}")
+                except NotFound:
+                    cached = (f"{resource[:-1]} {name!r} is not installed (deploy/admission.yaml); "
+                              "executions cannot run without it")
+                    break
+            self._facts.put("admission", cached)
+        return str(cached)
+
+    async def whoami(self) -> str:
+        """The username this client authenticates as (SelfSubjectReview)."""
+        doc = await self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                 body={"apiVersion": "authentication.k8s.io/v1",
+                                       "kind": "SelfSubjectReview"})
+        return str(((doc.get("status") or {}).get("userInfo") or {}).get("username", ""))
 
     # --- Jobs ----------------------------------------------------------------------------
 

@@ -208,6 +208,17 @@ class WorkflowExecutionRef(BaseModel):
 
 
 _MAX_TIMEOUT = format_duration(MAX_TIMEOUT_SECONDS)
+# Every spec field but the approval fields is pinned at creation ("what was checked is
+# what runs"); a unit test proves this list and APPROVAL_FIELDS cover the whole spec.
+PINNED_FIELDS = ("action", "parameters", "workflowExecutionRef", "stepNumber", "targetCluster",
+                 "maxRetries", "timeout", "dryRun", "rollbackOf")
+
+
+def _immutable_rule(fields: Iterable[str]) -> str:
+    return " && ".join(
+        f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})"
+        for f in fields
+    )
 
 
 class ExecutionSpecModel(BaseModel):
@@ -224,7 +235,13 @@ class ExecutionSpecModel(BaseModel):
                     "name of spec.action (e.g. scaleDeployment for scale_deployment)",
                     "fieldPath": ".parameters",
                     "reason": "FieldValueInvalid",
-                }
+                },
+                {
+                    "rule": _immutable_rule(PINNED_FIELDS),
+                    "message": "spec is immutable after creation, except spec.approvalReceived "
+                    "and spec.approvedBy",
+                    "reason": "FieldValueForbidden",
+                },
             ]
         },
     )

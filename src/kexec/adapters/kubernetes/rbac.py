@@ -30,6 +30,16 @@ ACTION_ROLE_PREFIX = "kexec-action-"
 SERVICE_ACCOUNT_PREFIX = "kexec-"
 
 
+# deploy/admission.yaml: who requested an execution, and who may approve it.
+ADMISSION_POLICY_NAMES = ("kexec-requester", "kexec-trust")
+ADMISSION_RESOURCES = (
+    "mutatingadmissionpolicies",
+    "mutatingadmissionpolicybindings",
+    "validatingadmissionpolicies",
+    "validatingadmissionpolicybindings",
+)
+
+
 def _dashed(action: str) -> str:
     return action.replace("_", "-")
 
@@ -98,10 +108,12 @@ def controller_cluster_role() -> dict[str, Any]:
             _rule(("events.k8s.io",), ("events",), ("create", "patch")),
             # Per-action identities, prepared at run time.
             _rule(("",), ("serviceaccounts",), ("create", "get")),
+            # ... bound only while an execution needs them, then removed (zero standing
+            # privilege); listed to clean up after a crash.
             _rule(
                 ("rbac.authorization.k8s.io",),
                 ("rolebindings", "clusterrolebindings"),
-                ("create", "get"),
+                ("create", "get", "list", "delete"),
             ),
             # Bind only the per-action roles; never escalate to anything else.
             _rule(("rbac.authorization.k8s.io",), ("clusterroles",), ("bind",), roles),
@@ -110,9 +122,16 @@ def controller_cluster_role() -> dict[str, Any]:
             # Policy facts (nodes: a watch-fed cache, always fresh for the node rules).
             _rule(("",), ("nodes",), ("get", "list", "watch")),
             _rule(("",), ("namespaces",), ("get",)),
-            # Authenticated /metrics.
+            # The requester's own permissions (no escalation), and authenticated /metrics.
             _rule(("authentication.k8s.io",), ("tokenreviews",), ("create",)),
             _rule(("authorization.k8s.io",), ("subjectaccessreviews",), ("create",)),
+            # The admission policies that stamp the requester and check approvals are in force.
+            _rule(
+                ("admissionregistration.k8s.io",),
+                ADMISSION_RESOURCES,
+                ("get",),
+                ADMISSION_POLICY_NAMES,
+            ),
         ],
     }
 
@@ -202,6 +221,14 @@ def user_cluster_roles() -> list[dict[str, Any]]:
                 ),
                 _rule((GROUP,), (f"{PLURAL}/status",), view_verbs),
             ],
+        },
+        {
+            # Approval by a second person (like CertificateSigningRequest approval): only the
+            # verb; an approver also needs patch on executions (kexec-edit) to record it.
+            "apiVersion": RBAC_API,
+            "kind": "ClusterRole",
+            "metadata": {"name": "kexec-approver", "labels": _labels("user")},
+            "rules": [_rule((GROUP,), (PLURAL,), ("approve",))],
         },
         {
             "apiVersion": RBAC_API,

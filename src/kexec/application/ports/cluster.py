@@ -6,6 +6,7 @@ from typing import Any, Protocol
 
 from kexec.domain.execution import Execution
 from kexec.domain.resources import Mutation, Read
+from kexec.domain.safety import Permission
 
 
 class ClusterError(Exception):
@@ -103,8 +104,8 @@ class JobState:
         return self.succeeded + self.failed + (1 if self.active and not self.finished else 0)
 
 
-class ClusterPort(Protocol):
-    """Everything the use cases ask of Kubernetes. Errors are ClusterError subclasses."""
+class RunnerCluster(Protocol):
+    """What the runner in a Job pod needs: read and mutate, as its own identity."""
 
     async def read(self, read: Read, identity: Identity | None = None) -> Any:
         """A Get answers the object (dict) or None; a List answers a list of objects."""
@@ -116,18 +117,9 @@ class ClusterPort(Protocol):
         """Carry out one mutation (server-side dry run when ``dry_run``); returns the object."""
         ...
 
-    async def ensure_identity(
-        self, identity: Identity, action: str, target_namespace: str
-    ) -> None:
-        """The ServiceAccount exists and is bound to the action's ClusterRole, scoped to
-        ``target_namespace`` (a RoleBinding) or cluster-wide when it is "" (node actions)."""
-        ...
 
-    async def create_job(self, job: JobRequest) -> None:
-        """Create the Job; an existing Job of that name is success (idempotent)."""
-        ...
-
-    async def get_job(self, namespace: str, name: str) -> JobState | None: ...
+class ExecutionStore(Protocol):
+    """KubernetesExecution objects (what approve, rollback and the controller use)."""
 
     async def list_executions(self) -> list[Execution]:
         """Every KubernetesExecution (from the controller's cache where it has one)."""
@@ -147,6 +139,45 @@ class ClusterPort(Protocol):
 
     async def emit_event(self, execution: Execution, type_: str, reason: str, message: str) -> None:
         ...
+
+
+class ClusterPort(RunnerCluster, ExecutionStore, Protocol):
+    """Everything the controller's use cases ask of Kubernetes. Errors are ClusterError
+    subclasses."""
+
+    async def ensure_identity(
+        self, identity: Identity, action: str, target_namespace: str
+    ) -> None:
+        """The ServiceAccount exists and is bound to the action's ClusterRole, scoped to
+        ``target_namespace`` (a RoleBinding) or cluster-wide when it is "" (node actions)."""
+        ...
+
+    async def revoke_identity(
+        self, identity: Identity, action: str, target_namespace: str
+    ) -> None:
+        """Remove the binding ``ensure_identity`` made (absent is fine): zero standing
+        privilege."""
+        ...
+
+    async def identity_grants(self) -> list[tuple[Identity, str, str]]:
+        """Every binding kexec made: (identity, action, target namespace or "")."""
+        ...
+
+    async def access_allowed(self, user: str, groups: tuple[str, ...],
+                             permission: Permission) -> bool:
+        """Ask the API server's authorizer (SubjectAccessReview) about someone else."""
+        ...
+
+    async def admission_installed(self) -> str:
+        """"" when kexec's admission policies (requester stamp, approval check) are in
+        force; otherwise what is missing."""
+        ...
+
+    async def create_job(self, job: JobRequest) -> None:
+        """Create the Job; an existing Job of that name is success (idempotent)."""
+        ...
+
+    async def get_job(self, namespace: str, name: str) -> JobState | None: ...
 
     async def cluster_facts(self, namespace: str) -> dict[str, Any]:
         """Facts the policy needs: nodes, the target namespace's labels."""

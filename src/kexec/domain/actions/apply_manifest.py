@@ -82,6 +82,10 @@ class ApplyManifest(Action[ManifestParams]):
     )
     rules = _rules()
 
+    def operations(self, params: ManifestParams) -> tuple[Rule, ...]:
+        info = KINDS[params.kind]
+        return (Rule((info.group,), (info.plural,), ("get", "create", "patch", "delete")),)
+
     def _parse(self, f: Fields) -> ManifestParams:
         manifest = f.mapping("manifest")
         delete = f.boolean("delete", False)

@@ -118,6 +118,11 @@ class Action(ABC, Generic[P]):
         """What to read before deciding; "target" is always the target object."""
         return (Get("target", self.target(params)),)
 
+    def operations(self, params: P) -> tuple[Rule, ...]:
+        """The RBAC rules this execution's own operations need (a requester in an untrusted
+        namespace must hold them). Default: all of ``rules``."""
+        return self.rules
+
     # --- judgement --------------------------------------------------------------------
     def preconditions(self, params: P, snap: Snapshot) -> list[Check]:
         return [self._exists(snap)]

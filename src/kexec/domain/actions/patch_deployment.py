@@ -20,9 +20,41 @@ from kexec.domain.resources import (
 )
 
 PATCH_TYPES: tuple[PatchType, ...] = ("strategic", "merge", "json")
-# A patch may change the pod template and rollout settings, never identity or status.
-_FORBIDDEN_TOP = ("status", "apiVersion", "kind")
-_FORBIDDEN_META = ("name", "namespace", "uid", "resourceVersion", "ownerReferences", "finalizers")
+# A patch may change the spec (pod template, replicas, rollout settings), labels and
+# annotations - never the object's identity, ownership, lifecycle or status. One list,
+# whatever the patch type (README "patch_deployment").
+FORBIDDEN_PATHS = ("/status", "/apiVersion", "/kind", "/metadata/name", "/metadata/namespace",
+                   "/metadata/uid", "/metadata/resourceVersion", "/metadata/generation",
+                   "/metadata/ownerReferences", "/metadata/finalizers",
+                   "/metadata/managedFields", "/metadata/creationTimestamp",
+                   "/metadata/deletionTimestamp", "/metadata/deletionGracePeriodSeconds")
+_JSON_OPS = ("add", "remove", "replace", "test", "move", "copy")
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _object_paths(patch: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The paths an object (merge/strategic) patch writes, down to where a rule could apply."""
+    out = []
+    for key, value in patch.items():
+        path = f"{prefix}/{_escape(str(key))}"
+        if prefix == "" and key == "metadata" and isinstance(value, Mapping):
+            out.extend(_object_paths(value, path))  # merged, not replaced: judge its keys
+        else:
+            out.append(path)
+    return out
+
+
+def forbidden(paths: list[str]) -> list[str]:
+    """Which of ``paths`` a patch may not touch (a path that contains one counts too)."""
+    bad = []
+    for path in paths:
+        if path in ("", "/", "/metadata") or any(
+                path == f or path.startswith(f + "/") for f in FORBIDDEN_PATHS):
+            bad.append(path or "/")
+    return bad
 
 
 @dataclass(frozen=True)
@@ -57,22 +89,19 @@ class PatchDeployment(Action[PatchDeploymentParams]):
                 else:
                     for i, op in enumerate(patch):
                         ok = isinstance(op, dict) and isinstance(op.get("path"), str)
-                        if not ok or op.get("op") not in ("add", "remove", "replace", "test",
-                                                           "move", "copy"):
+                        if not ok or op.get("op") not in _JSON_OPS:
                             f.errors.append(FieldError(f"{path}[{i}]", "invalid JSON patch op"))
-                        elif op["path"].startswith(("/status", "/metadata/name",
-                                                    "/metadata/namespace", "/metadata/uid")):
-                            f.errors.append(FieldError(f"{path}[{i}]", "may not change that path"))
+                            continue
+                        touched = [op["path"]] + ([str(op.get("from", ""))] if op["op"] == "move"
+                                                  else [])
+                        for bad in forbidden(touched):
+                            f.errors.append(FieldError(f"{path}[{i}]", f"may not touch {bad}"))
             elif patch_type:
                 if not isinstance(patch, dict) or not patch:
                     f.errors.append(FieldError(path, "must be a non-empty object"))
                 else:
-                    for key in _FORBIDDEN_TOP:
-                        if key in patch:
-                            f.errors.append(FieldError(f"{path}.{key}", "may not be patched"))
-                    for key in _FORBIDDEN_META:
-                        if key in (patch.get("metadata") or {}):
-                            f.errors.append(FieldError(f"{path}.metadata.{key}", "may not be patched"))
+                    for bad in forbidden(_object_paths(patch)):
+                        f.errors.append(FieldError(path, f"may not touch {bad}"))
         return PatchDeploymentParams(f.namespace(), f.name("deployment"),
                                      cast(PatchType, patch_type or "merge"), patch)
 

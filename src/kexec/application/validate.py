@@ -1,0 +1,162 @@
+"""The validation step: Pending/Validating → WaitingApproval, Preparing, Completed or Failed.
+
+One step, one status write. Nothing in the cluster changes before every
+check that needs no cluster access has passed; the only change validation
+makes is the per-action binding (removed again unless the execution goes on).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kexec.application.policy_input import build_policy_input
+from kexec.application.ports.cluster import ClusterError, TooManyRequests
+from kexec.application.ports.policy import PolicyUnavailable
+from kexec.application.snapshot import read_snapshot, snapshot_objects
+from kexec.application.step import StepBase, StepResult
+from kexec.domain.actions import Action, Context
+from kexec.domain.errors import SafetyViolation, ValidationError
+from kexec.domain.execution import Execution, iso, parse_spec
+from kexec.domain.phases import Phase
+from kexec.domain.policy import PolicyDecision
+from kexec.domain.resources import Evict, Snapshot
+from kexec.domain.safety import (
+    check_namespace,
+    check_target_cluster,
+    holder_of,
+    redact,
+    requester_permissions,
+    secret_values,
+)
+from kexec.domain.status import DryRunResult
+
+
+class ValidationStep(StepBase):
+    async def _validate(self, ex: Execution) -> StepResult:
+        now = self.clock.now()
+        new = ex.copy()
+        if await self.cluster.paused():
+            return await self._hold(ex, "Paused", "the global kill switch pauses new executions",
+                                    self.settings.requeue_paused_seconds)
+        try:
+            _, action, params = parse_spec(ex.spec)
+        except ValidationError as exc:
+            new.reject("Validated", exc.reason, str(exc), now)
+            return await self._commit(ex, new)
+        # The requester, as the API server authenticated them (admission), never a value
+        # the client chose; without it nothing runs.
+        missing = await self.cluster.admission_installed()
+        if missing or not ex.requester:
+            why = missing or ("the execution carries no requester stamp: it was created "
+                              "before kexec's admission policies were in force")
+            new.reject("Validated", "RequesterUnknown",
+                       f"the requester cannot be established: {why}", now)
+            return await self._commit(ex, new)
+        new.record_requester(ex.requester)
+        trusted = ex.namespace in self.settings.trusted
+        try:
+            check_target_cluster(parse_spec(ex.spec)[0])
+            check_namespace(ex.namespace, action, action.target(params), self.settings.trusted)
+        except SafetyViolation as exc:
+            new.reject("Validated", exc.reason, exc.message, now)
+            return await self._commit(ex, new)
+
+        others = await self.cluster.list_executions()
+        holder = holder_of(ex, others)
+        if holder is not None:
+            return await self._hold(ex, "TargetBusy",
+                                    f"waiting for {holder.key} which acts on the same target",
+                                    self.settings.requeue_busy_seconds, new=new)
+        if not trusted:
+            # No privilege escalation: kexec does for a requester only what they may do.
+            denied = [str(p) for p in requester_permissions(action, params)
+                      if not await self.cluster.access_allowed(ex.requester,
+                                                               ex.requester_groups, p)]
+            if denied:
+                new.reject("Validated", "RequesterForbidden",
+                           f"{ex.requester} may not do this themselves: missing "
+                           + "; ".join(denied), now)
+                return await self._commit(ex, new)
+
+        target = action.target(params)
+        try:
+            identity = await self.grants.acquire(new, action.name, target.namespace)
+            snap = await read_snapshot(self.cluster, action.reads(params), identity)
+        except ClusterError as exc:
+            if exc.retryable:
+                raise
+            return await self._fail(ex, new, "TargetUnreadable", f"{target}: {exc.message}")
+        secrets = secret_values(snapshot_objects(snap))
+
+        checks = action.preconditions(params, snap)
+        new.record_preconditions(checks)
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            reason = "TargetNotFound" if failed[0].name == "TargetExists" else "PreconditionFailed"
+            msg = redact("; ".join(f"{c.name}: {c.message}" for c in failed), secrets)
+            new.reject("Validated", reason, msg, now)
+            return await self._commit(ex, new)
+
+        decision = await self._decide(ex, action, params, snap, others, now)
+        if isinstance(decision, str):
+            new.policy_unavailable(decision, now)
+            return await self._hold(ex, new.status.reason, new.status.message,
+                                    self.settings.requeue_policy_unavailable_seconds, new=new,
+                                    phase=Phase.VALIDATING)
+        rules = ", ".join(sorted({v.rule for v in decision.violations})) or "policy"
+        detail = "; ".join(f"{v.rule}: {v.message}" for v in decision.violations)
+        new.policy_decided(decision.to_status(), decision.allowed,
+                           detail if not decision.allowed else
+                           ("approval required" if decision.requires_approval else ""), now)
+        if not decision.allowed:
+            return await self._fail(ex, new, "PolicyDenied", f"denied by {rules}: {detail}")
+
+        dry = await self._dry_run(ex, action, params, snap, identity, secrets, now)
+        if not dry.success:
+            new.dry_run_failed(dry, now)
+            return await self._commit(ex, new)
+        new.validated(dry_run=dry, guard=action.guard(params, snap),
+                      before=redact(action.summarize(snap.get("target")), secrets),
+                      requires_approval=decision.requires_approval, now=now)
+        return await self._commit(ex, new)
+
+    async def _decide(self, ex: Execution, action: Action[Any], params: Any, snap: Snapshot,
+                      others: list[Execution], now: Any) -> PolicyDecision | str:
+        """The policy's decision, or why the engine could not give one."""
+        spec = parse_spec(ex.spec)[0]
+        facts = await self.cluster.cluster_facts(action.target(params).namespace)
+        doc = build_policy_input(ex, spec, action, params, snap, facts,
+                                 _active_by_namespace(others, ex), now)
+        try:
+            return await self.policy.decide(doc)
+        except PolicyUnavailable as exc:
+            return str(exc)  # fail closed: nothing proceeds without a decision
+
+    async def _dry_run(self, ex: Execution, action: Action[Any], params: Any, snap: Snapshot,
+                       identity: Any, secrets: set[str], now: Any) -> DryRunResult:
+        """The exact mutations, server-side, as the action's own identity."""
+        dry = DryRunResult()
+        ctx = Context(ex.name, ex.namespace, ex.uid, iso(now))
+        try:
+            for mutation in action.plan(params, snap, ctx):
+                try:
+                    await self.cluster.mutate(mutation, identity=identity, dry_run=True)
+                except TooManyRequests as exc:
+                    if not isinstance(mutation, Evict):
+                        raise
+                    # A PodDisruptionBudget at its limit now; the runner waits for it.
+                    dry.warnings.append(f"{mutation.ref}: {exc.message}")
+        except ClusterError as exc:
+            if exc.retryable:
+                raise
+            dry.success = False
+            dry.errors.append(redact(f"{exc.reason}: {exc.message}", secrets))
+        return dry
+
+
+def _active_by_namespace(others: list[Execution], ex: Execution) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for other in others:
+        if other.uid != ex.uid and not other.terminal and other.phase not in (None, Phase.PENDING):
+            counts[other.namespace] = counts.get(other.namespace, 0) + 1
+    return counts
