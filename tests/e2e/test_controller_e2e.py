@@ -88,7 +88,9 @@ def test_opa_engine_unreachable_fails_closed_and_recovers(kexec: Kexec, opa_bin:
     opa = None
     try:
         name = scale(kexec, ns, 2)
-        time.sleep(4)
+        kexec.until(lambda: (kexec.get(ns, name).get("status") or {}).get("reason")
+                    == "PolicyEngineUnavailable", 30, "the controller to hold it")
+        time.sleep(2)  # and it stays held
         obj = kexec.get(ns, name)
         st = obj.get("status") or {}
         assert st.get("phase") == "Validating" and st.get("reason") == "PolicyEngineUnavailable", st

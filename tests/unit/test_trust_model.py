@@ -187,3 +187,20 @@ def test_patch_guards_agree_whatever_the_patch_type() -> None:
         ("merge", {"metadata": {"annotations": {"a": "b"}}, "spec": {"paused": False}}),
     ]:
         action.parse({**base, "patchType": patch_type, "patch": patch})
+
+
+def test_a_validated_execution_holds_its_target_whatever_the_creation_order() -> None:
+    from datetime import UTC, datetime
+
+    from kexec.domain.execution import Execution
+    from kexec.domain.safety import holder_of
+    from kexec.domain.status import ExecutionStatus
+
+    spec = {"action": "scale_deployment", "parameters": {"scaleDeployment": SCALE}}
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    # Created in the same second; "b" sorts first by name, but "z" already validated.
+    running = Execution(NS, "z", uid="z", created=when, spec=spec,
+                        status=ExecutionStatus(phase=Phase.PREPARING))
+    later = Execution(NS, "b", uid="b", created=when, spec=spec)
+    assert holder_of(later, [running, later]) is running
+    assert holder_of(running, [running, later]) is None

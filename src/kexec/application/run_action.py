@@ -8,6 +8,7 @@ to undo it. The report is redacted: it becomes the Job's termination message.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from kexec.application.ports.cluster import ClusterError, Conflict, NotFound, Ru
 from kexec.application.snapshot import read_snapshot, snapshot_objects
 from kexec.domain.actions import ACTIONS, Context
 from kexec.domain.errors import ValidationError
+from kexec.domain.execution import spec_hash
 from kexec.domain.resources import Evict, Snapshot
 from kexec.domain.safety import redact, secret_values
 
@@ -33,6 +35,31 @@ class RunRequest:
     context: Context
     guard: Mapping[str, str] = field(default_factory=dict)
     deadline_seconds: float = 60.0
+
+
+class SpecMismatch(ValueError):
+    """The orders do not hash to the validated spec: the runner refuses to act."""
+
+
+def request_from_env(env: Mapping[str, str]) -> RunRequest:
+    """The runner's orders, from the Job's environment (written by the controller).
+
+    KEXEC_SPEC is the validated spec (approval fields excluded) and KEXEC_SPEC_HASH its
+    hash from validation: what runs is what was checked, or nothing runs.
+    """
+    spec = json.loads(env["KEXEC_SPEC"])
+    if spec_hash(spec) != env.get("KEXEC_SPEC_HASH"):
+        raise SpecMismatch("the orders do not match the validated spec (KEXEC_SPEC_HASH)")
+    action = ACTIONS[spec["action"]]
+    return RunRequest(
+        action=action.name,
+        parameters=spec["parameters"][action.key],
+        context=Context(env["KEXEC_EXECUTION_NAME"], env["KEXEC_EXECUTION_NAMESPACE"],
+                        env["KEXEC_EXECUTION_UID"], env.get("KEXEC_STARTED_AT", "")),
+        guard=json.loads(env.get("KEXEC_GUARD") or "{}"),
+        # Leave a margin so the report is written before activeDeadlineSeconds kills us.
+        deadline_seconds=max(1.0, float(env.get("KEXEC_DEADLINE_SECONDS", "60")) - 5),
+    )
 
 
 @dataclass

@@ -6,13 +6,11 @@ import hashlib
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
 from kexec.application.ports.cluster import JobRequest, JobState
 from kexec.application.snapshot import read_snapshot
 from kexec.application.step import StepBase, StepResult
-from kexec.domain.actions import Action
-from kexec.domain.execution import Execution, iso, parse_spec, spec_hash
+from kexec.domain.execution import APPROVAL_FIELDS, Execution, iso, parse_spec, spec_hash
 from kexec.domain.phases import Phase
 from kexec.domain.resources import Check
 from kexec.domain.safety import check_namespace, redact
@@ -93,7 +91,7 @@ class RunSteps(StepBase):
             execution_name=ex.name,
             execution_uid=ex.uid,
             service_account=identity.service_account,
-            env=runner_env(ex, action, spec.parameters, guard, seconds, self.clock.now()),
+            env=runner_env(ex, guard, seconds, self.clock.now()),
             backoff_limit=spec.max_retries,
             active_deadline_seconds=seconds,
             ttl_seconds_after_finished=self.settings.job_ttl_seconds,
@@ -163,11 +161,12 @@ def redact_check(check: Check) -> Check:
     return replace(check, message=redact(check.message))
 
 
-def runner_env(ex: Execution, action: Action[Any], parameters: Any, guard: dict[str, str],
-               deadline_seconds: int, now: datetime) -> dict[str, str]:
+def runner_env(ex: Execution, guard: dict[str, str], deadline_seconds: int,
+               now: datetime) -> dict[str, str]:
+    """The runner's orders: the validated spec and its hash (RunAction checks them)."""
+    pinned = {k: v for k, v in ex.spec.items() if k not in APPROVAL_FIELDS}
     return {
-        "KEXEC_ACTION": action.name,
-        "KEXEC_PARAMETERS": json.dumps(dict(parameters), sort_keys=True),
+        "KEXEC_SPEC": json.dumps(pinned, sort_keys=True, separators=(",", ":")),
         "KEXEC_EXECUTION_NAME": ex.name,
         "KEXEC_EXECUTION_NAMESPACE": ex.namespace,
         "KEXEC_EXECUTION_UID": ex.uid,

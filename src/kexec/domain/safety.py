@@ -10,9 +10,13 @@ from typing import Any
 from kexec.domain.actions import Action
 from kexec.domain.errors import SafetyViolation
 from kexec.domain.execution import Execution, ExecutionSpec, parse_spec
+from kexec.domain.phases import Phase
 from kexec.domain.resources import KINDS, ObjectRef
 
 REDACTED = "[REDACTED]"
+# Past validation: the execution's checks were made against the target as it is now.
+HOLDS_TARGET = frozenset({Phase.WAITING_APPROVAL, Phase.PREPARING, Phase.EXECUTING,
+                          Phase.VERIFYING})
 _NAMED_VERBS = frozenset({"get", "update", "patch", "delete"})
 
 
@@ -102,9 +106,9 @@ def target_of(execution: Execution) -> ObjectRef | None:
 def holder_of(execution: Execution, others: Iterable[Execution]) -> Execution | None:
     """The execution ahead of this one on the same target, if any.
 
-    Non-terminal executions on one target run in creation order (name breaks
-    ties), so every replica and every worker computes the same answer and two
-    executions never mutate a target at the same time.
+    One that already passed validation holds the target whatever its age; among the
+    others, creation order (name, then uid, break ties), so every replica and every
+    worker computes the same answer and two executions never mutate a target at once.
     """
     target = target_of(execution)
     if target is None:
@@ -117,7 +121,7 @@ def holder_of(execution: Execution, others: Iterable[Execution]) -> Execution | 
         and not other.terminal
         and not other.deleting
         and target_of(other) == target
-        and (other.created, other.name, other.uid) < mine
+        and (other.phase in HOLDS_TARGET or (other.created, other.name, other.uid) < mine)
     ]
     return min(ahead, key=lambda e: (e.created, e.name), default=None)
 

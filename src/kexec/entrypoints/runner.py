@@ -18,23 +18,16 @@ from typing import Any
 from kexec.adapters.clock import SystemClock
 from kexec.adapters.kubernetes.client import api_client
 from kexec.adapters.kubernetes.cluster import KubernetesCluster
-from kexec.application.run_action import EXIT_PERMANENT, RunAction, RunReport, RunRequest
-from kexec.domain.actions import Context
+from kexec.application.run_action import (
+    EXIT_PERMANENT,
+    RunAction,
+    RunReport,
+    SpecMismatch,
+    request_from_env,
+)
 
 MAX_MESSAGE = 4096
 log = logging.getLogger("kexec.runner")
-
-
-def request_from_env(env: dict[str, str]) -> RunRequest:
-    return RunRequest(
-        action=env["KEXEC_ACTION"],
-        parameters=json.loads(env["KEXEC_PARAMETERS"]),
-        context=Context(env["KEXEC_EXECUTION_NAME"], env["KEXEC_EXECUTION_NAMESPACE"],
-                        env["KEXEC_EXECUTION_UID"], env.get("KEXEC_STARTED_AT", "")),
-        guard=json.loads(env.get("KEXEC_GUARD") or "{}"),
-        # Leave a margin so the report is written before activeDeadlineSeconds kills us.
-        deadline_seconds=max(1.0, float(env.get("KEXEC_DEADLINE_SECONDS", "60")) - 5),
-    )
 
 
 def fit(report: dict[str, Any]) -> str:
@@ -57,6 +50,8 @@ def fit(report: dict[str, Any]) -> str:
 async def run(env: dict[str, str]) -> RunReport:
     try:
         req = request_from_env(env)
+    except SpecMismatch as exc:
+        return RunReport(False, reason="SpecChanged", message=str(exc))
     except (KeyError, ValueError) as exc:
         return RunReport(False, reason="InvalidRunnerEnvironment", message=str(exc))
     async for api in api_client(pool_size=4):

@@ -32,8 +32,14 @@ from kexec.application.ports.cluster import (
     NotFound,
     TooManyRequests,
 )
-from kexec.application.run_action import EXIT_PERMANENT, RunAction, RunReport, RunRequest
-from kexec.domain.actions import ACTIONS, Context
+from kexec.application.run_action import (
+    EXIT_PERMANENT,
+    RunAction,
+    RunReport,
+    SpecMismatch,
+    request_from_env,
+)
+from kexec.domain.actions import ACTIONS
 from kexec.domain.actions.rollback_deployment import HASH_LABEL, REVISION
 from kexec.domain.execution import (
     APPROVAL_FIELDS,
@@ -597,7 +603,6 @@ class _IdentityView:
 
 async def run_in_pod(job: JobRequest, cluster: FakeCluster) -> RunReport:
     """What the Job's pod does: the real RunAction, as the Job's ServiceAccount."""
-    env = job.env
     identity = Identity(job.namespace, job.service_account)
     clock = cluster.clock
 
@@ -606,14 +611,10 @@ async def run_in_pod(job: JobRequest, cluster: FakeCluster) -> RunReport:
         if advance is not None:
             advance(seconds)
 
-    runner = RunAction(cluster.view(identity), clock, sleep)
-    return await runner(RunRequest(
-        action=env["KEXEC_ACTION"],
-        parameters=json.loads(env["KEXEC_PARAMETERS"]),
-        context=Context(env["KEXEC_EXECUTION_NAME"], env["KEXEC_EXECUTION_NAMESPACE"],
-                        env["KEXEC_EXECUTION_UID"], env.get("KEXEC_STARTED_AT", "")),
-        guard=json.loads(env.get("KEXEC_GUARD", "{}")),
-        deadline_seconds=float(env.get("KEXEC_DEADLINE_SECONDS", "60")),
-    ))
+    try:
+        request = request_from_env(job.env)
+    except SpecMismatch as exc:
+        return RunReport(False, reason="SpecChanged", message=str(exc))
+    return await RunAction(cluster.view(identity), clock, sleep)(request)
 
 
