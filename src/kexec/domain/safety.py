@@ -114,6 +114,7 @@ def holder_of(execution: Execution, others: Iterable[Execution]) -> Execution | 
     if target is None:
         return None
     mine = (execution.created, execution.name, execution.uid)
+    holding = execution.phase in HOLDS_TARGET
     ahead = [
         other
         for other in others
@@ -121,7 +122,8 @@ def holder_of(execution: Execution, others: Iterable[Execution]) -> Execution | 
         and not other.terminal
         and not other.deleting
         and target_of(other) == target
-        and (other.phase in HOLDS_TARGET or (other.created, other.name, other.uid) < mine)
+        and (other.phase in HOLDS_TARGET
+             or (not holding and (other.created, other.name, other.uid) < mine))
     ]
     return min(ahead, key=lambda e: (e.created, e.name), default=None)
 
