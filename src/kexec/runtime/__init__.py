@@ -3,7 +3,7 @@
 No kexec business logic lives here; the controller main wires these together.
 """
 
-from kexec.entrypoints.runtime.http import (
+from kexec.runtime.http import (
     AuthResult,
     Decision,
     KubernetesAuth,
@@ -14,10 +14,10 @@ from kexec.entrypoints.runtime.http import (
     metrics_auth,
     serve,
 )
-from kexec.entrypoints.runtime.informer import Informer, InformerStats, object_key, resource_path
-from kexec.entrypoints.runtime.leader import LeaderElector, default_identity
-from kexec.entrypoints.runtime.metrics import make_registry, render, workqueue_metrics
-from kexec.entrypoints.runtime.workqueue import (
+from kexec.runtime.informer import Informer, InformerStats, object_key, resource_path
+from kexec.runtime.leader import LeaderElector, default_identity
+from kexec.runtime.metrics import make_registry, render, workqueue_metrics
+from kexec.runtime.workqueue import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,

@@ -30,7 +30,7 @@ from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from kexec.entrypoints.runtime.metrics import workqueue_metrics
+from kexec.runtime.metrics import workqueue_metrics
 
 __all__ = [
     "BucketRateLimiter",
