@@ -1,8 +1,11 @@
-"""Generic controller machinery: work queue, informer, leader election, HTTP, metrics.
+"""Generic controller machinery: work queue, informer, leader election, HTTP, metrics,
+backoff.
 
-No kexec business logic lives here; the controller main wires these together.
+No kexec business logic lives here, and nothing here imports another kexec package
+(import-linter contract); the adapters and the controller main build on it.
 """
 
+from kexec.runtime.backoff import Backoff, poll
 from kexec.runtime.http import (
     AuthResult,
     Decision,
@@ -30,6 +33,7 @@ from kexec.runtime.workqueue import (
 
 __all__ = [
     "AuthResult",
+    "Backoff",
     "BucketRateLimiter",
     "Decision",
     "Informer",
@@ -50,6 +54,7 @@ __all__ = [
     "make_registry",
     "metrics_auth",
     "object_key",
+    "poll",
     "render",
     "resource_path",
     "run_workers",
