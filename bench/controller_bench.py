@@ -34,7 +34,7 @@ from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.simulator import NodeSimulator  # noqa: E402
 
 from kexec.adapters.kubernetes.client import load_configuration  # noqa: E402
-from kexec.entrypoints.runtime.informer import Informer  # noqa: E402
+from kexec.runtime.informer import Informer  # noqa: E402
 
 GROUP = "kubernetesexecution.kubernaut.io"
 

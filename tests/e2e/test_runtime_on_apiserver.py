@@ -31,9 +31,9 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter
 
-from kexec.entrypoints.runtime.http import KubernetesAuth, make_app, serve
-from kexec.entrypoints.runtime.informer import Informer
-from kexec.entrypoints.runtime.leader import LeaderElector
+from kexec.runtime.http import KubernetesAuth, make_app, serve
+from kexec.runtime.informer import Informer
+from kexec.runtime.leader import LeaderElector
 from tests.support.controlplane import ControlPlane
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from kexec.entrypoints.runtime.http import (
+from kexec.runtime.http import (
     AuthResult,
     Decision,
     KubernetesAuth,

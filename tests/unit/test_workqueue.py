@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kexec.entrypoints.runtime.workqueue import (
+from kexec.runtime.workqueue import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,

@@ -28,9 +28,9 @@ from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
 from kexec.domain.execution import GROUP, PLURAL, VERSION
 from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
-from kexec.entrypoints.runtime.informer import Informer, object_key
-from kexec.entrypoints.runtime.metrics import make_registry
-from kexec.entrypoints.runtime.workqueue import WorkQueue, run_workers
+from kexec.runtime.informer import Informer, object_key
+from kexec.runtime.metrics import make_registry
+from kexec.runtime.workqueue import WorkQueue, run_workers
 
 log = logging.getLogger("kexec.controller")
 JOB_SELECTOR = "app.kubernetes.io/managed-by=kexec"
@@ -175,7 +175,7 @@ class Controller:
             await self.jobs.wait_synced()
             await self.nodes.wait_synced()
             if self.cfg.leader_elect:
-                from kexec.entrypoints.runtime.leader import LeaderElector
+                from kexec.runtime.leader import LeaderElector
 
                 elector = LeaderElector(api, self.cfg.namespace, self.cfg.lease_name,
                                         self.cfg.identity)
@@ -255,7 +255,7 @@ class Controller:
     async def _serve_http(self, api: Any) -> Any:
         if not self.cfg.http_port:
             return None
-        from kexec.entrypoints.runtime.http import make_app, metrics_auth, serve
+        from kexec.runtime.http import make_app, metrics_auth, serve
 
         auth = metrics_auth(api, token_file=self.cfg.metrics_token_file or None)
         app = make_app(self.registry, self.ready, auth)

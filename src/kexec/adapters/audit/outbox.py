@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -28,6 +27,7 @@ from kexec.application.ports.audit import (
     ExecutionRecord,
     TransitionRecord,
 )
+from kexec.runtime.backoff import Backoff, poll
 
 log = logging.getLogger("kexec.audit")
 
@@ -94,8 +94,7 @@ class OutboxAudit:
         max_tracked: int = 100_000,
     ) -> None:
         self._inner = inner
-        self._min_backoff = min_backoff
-        self._max_backoff = max_backoff
+        self._backoff = Backoff(min_backoff, max_backoff, jitter=0.2)
         self._concurrency = max(1, flush_concurrency)
         self._max_tracked = max_tracked
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -293,20 +292,21 @@ class OutboxAudit:
 
     async def flush(self, max_wait: float = 10.0) -> bool:
         """Wait until nothing is pending (cutting a backoff sleep short); True if drained."""
-        deadline = time.monotonic() + max_wait
-        while self._pending:
+
+        async def drained() -> bool:
+            if not self._pending:
+                return True
             if self._task is None or self._task.done():
                 await self._flush_round()
             else:
                 self._wake.set()
                 self._kick.set()
-            if time.monotonic() >= deadline:
-                return not self._pending
-            await asyncio.sleep(0.01)
-        return True
+            return not self._pending
+
+        return await poll(drained, backoff=Backoff(0.01, 0.01), within=max_wait)
 
     async def _run(self) -> None:
-        backoff = self._min_backoff
+        self._backoff.reset()
         while not self._stopping.is_set():
             if not self._pending:
                 self._wake.clear()
@@ -316,14 +316,12 @@ class OutboxAudit:
             self._kick.clear()
             sent, failed = await self._flush_round()
             if not failed:
-                backoff = self._min_backoff
+                self._backoff.reset()
                 continue
-            if sent:  # the store answers; something else is wrong with one record
-                delay = self._min_backoff
-            else:
-                delay = backoff
-                backoff = min(backoff * 2, self._max_backoff)
-            await _wait_any(self._kick, self._stopping, at_most=delay * random.uniform(0.8, 1.0))
+            # When some were sent the store answers (something is wrong with one record):
+            # retry soon, without growing the backoff.
+            delay = self._backoff.delay(1) if sent else self._backoff.next()
+            await _wait_any(self._kick, self._stopping, at_most=delay)
         # one last round on the way out
         if self._pending:
             await self._flush_round()

@@ -7,23 +7,24 @@ engine). :meth:`ReloadablePolicy.load` validates a candidate completely
 atomically; a broken candidate raises PolicyLoadError and the last good policy
 stays active. In-flight decisions finish on the policy they started with.
 
-:class:`ConfigMapPolicySource` feeds it from the ``safety-policies`` ConfigMap:
-list, then watch from the list's resourceVersion (bookmarks, server-side
-timeout, client-side inactivity timeout, relist on 410 Gone), and fall back to
-the baked-in policies when the ConfigMap is absent or deleted.
+:class:`ConfigMapPolicySource` feeds it from the ``safety-policies`` ConfigMap
+through the runtime Informer (list, then watch from the list's resourceVersion,
+bookmarks, server-side timeout, client-side inactivity timeout, relist on 410
+Gone), and falls back to the baked-in policies when the ConfigMap is absent or
+deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
+from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kexec.adapters.policy.bundle import (
@@ -41,14 +42,12 @@ from kexec.adapters.policy.embedded import (
 )
 from kexec.application.ports.policy import PolicyUnavailable
 from kexec.domain.policy import PolicyDecision
+from kexec.runtime.informer import Informer
 
 __all__ = [
-    "ConfigMapClient",
     "ConfigMapPolicySource",
-    "KubernetesConfigMapClient",
     "PolicyLoadError",
     "ReloadablePolicy",
-    "WatchExpired",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,104 +180,6 @@ class ReloadablePolicy:
 # --- the ConfigMap source -----------------------------------------------------------
 
 
-class WatchExpired(Exception):
-    """The watch's resourceVersion is too old (410 Gone): relist."""
-
-
-class ConfigMapClient(Protocol):
-    """The two Kubernetes calls the source needs; objects are plain JSON dicts."""
-
-    async def get(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
-        """The ConfigMap (None if absent) and the list's resourceVersion."""
-        ...
-
-    def watch(
-        self,
-        namespace: str,
-        name: str,
-        resource_version: str,
-        *,
-        timeout_seconds: int,
-        inactivity_timeout: float,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Raw watch events ``{"type", "object"}`` (BOOKMARK and ERROR included).
-
-        Ends when the server closes the stream; raises TimeoutError when no
-        line arrives within ``inactivity_timeout``; raises WatchExpired on an
-        HTTP 410.
-        """
-        ...
-
-
-class KubernetesConfigMapClient:
-    """ConfigMapClient on a shared kubernetes_asyncio ``ApiClient``.
-
-    The watch reads the raw stream itself (``_preload_content=False``) instead
-    of ``kubernetes_asyncio.watch.Watch``, which opens its own ApiClient and
-    retries a 410 only once.
-    """
-
-    def __init__(self, api_client: Any, *, request_timeout: float = 10.0, connect_timeout: float = 5.0) -> None:
-        from kubernetes_asyncio.client import CoreV1Api
-
-        self._api_client = api_client
-        self._core = CoreV1Api(api_client)
-        self._request_timeout = request_timeout
-        self._connect_timeout = connect_timeout
-
-    async def get(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
-        result = await self._core.list_namespaced_config_map(
-            namespace,
-            field_selector=f"metadata.name={name}",
-            _request_timeout=self._request_timeout,
-        )
-        items = list(result.items or [])
-        obj = self._api_client.sanitize_for_serialization(items[0]) if items else None
-        return obj, str(result.metadata.resource_version or "")
-
-    async def watch(
-        self,
-        namespace: str,
-        name: str,
-        resource_version: str,
-        *,
-        timeout_seconds: int,
-        inactivity_timeout: float,
-    ) -> AsyncIterator[dict[str, Any]]:
-        import aiohttp
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        response: Any = await self._core.list_namespaced_config_map(
-            namespace,
-            field_selector=f"metadata.name={name}",
-            watch=True,
-            allow_watch_bookmarks=True,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=self._connect_timeout,
-                sock_connect=self._connect_timeout,
-                sock_read=inactivity_timeout,
-            ),
-        )
-        try:
-            if response.status == 410:
-                raise WatchExpired(f"watch from resourceVersion {resource_version}: 410 Gone")
-            if response.status != 200:
-                body = (await response.read())[:300].decode(errors="replace")
-                raise ApiException(status=response.status, reason=body)
-            while True:
-                line = await asyncio.wait_for(response.content.readline(), inactivity_timeout)
-                if not line:
-                    return
-                if line.strip():
-                    yield json.loads(line)
-        finally:
-            response.close()
-
-
 ErrorCallback = Callable[[str], Awaitable[None] | None]
 ChangeCallback = Callable[[str], Awaitable[None] | None]
 
@@ -302,128 +203,74 @@ class ConfigMapPolicySource:
     once. ``on_change(version)`` is called after a new policy became active.
     ``fallback`` (the baked-in set) defaults to the set ``policy`` holds when the
     source is created.
+
+    The ConfigMap is followed by a :class:`kexec.runtime.informer.Informer` on
+    ``api_client`` (field selector on its name): list, then watch from the list's
+    resourceVersion, bookmarks, server-side timeout, client-side inactivity timeout,
+    relist on 410 Gone, backoff from ``retry_initial`` to ``retry_max`` on errors.
     """
 
     def __init__(
         self,
         policy: ReloadablePolicy,
-        api_client: Any = None,
+        api_client: ApiClient,
         *,
         namespace: str,
         name: str = DEFAULT_CONFIGMAP_NAME,
-        client: ConfigMapClient | None = None,
         fallback: PolicySet | None = None,
         on_error: ErrorCallback | None = None,
         on_change: ChangeCallback | None = None,
         watch_timeout_seconds: int = 300,
-        inactivity_timeout: float = 330.0,
+        inactivity_timeout: float | None = None,
         retry_initial: float = 1.0,
         retry_max: float = 30.0,
     ) -> None:
-        if client is None:
-            if api_client is None:
-                raise ValueError("ConfigMapPolicySource needs an api_client or a client")
-            client = KubernetesConfigMapClient(api_client)
         self._policy = policy
-        self._client = client
         self.namespace = namespace
         self.name = name
         # The baked-in set: what the policy was built with, unless given.
         self._fallback = fallback if fallback is not None else policy.policy_set
         self._on_error = on_error
         self._on_change = on_change
-        self._watch_timeout_seconds = watch_timeout_seconds
-        self._inactivity_timeout = inactivity_timeout
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
         self._failed_version: str | None = None
         self.last_error: str | None = None
         #: Set once the first list has been applied (ready to serve decisions).
         self.synced = asyncio.Event()
+        self.informer = Informer(
+            api_client,
+            "",
+            "v1",
+            "configmaps",
+            namespace=namespace,
+            field_selector=f"metadata.name={name}",
+            on_event=self.handle_event,
+            timeout_seconds=watch_timeout_seconds,
+            inactivity_timeout=inactivity_timeout,
+            backoff_base=retry_initial,
+            backoff_max=retry_max,
+            name=f"configmap {namespace}/{name}",
+        )
 
     # --- running ------------------------------------------------------------
 
     async def run(self) -> None:
-        """List, then watch, forever (until cancelled)."""
-        delay = self._retry_initial
-        resource_version: str | None = None
-        while True:
-            try:
-                if resource_version is None:
-                    resource_version = await self.resync()
-                resource_version = await self.watch_once(resource_version)
-                delay = self._retry_initial
-            except asyncio.CancelledError:
-                raise
-            except WatchExpired as exc:
-                log.info("policy ConfigMap watch expired (%s); relisting", exc)
-                resource_version = None
-            except TimeoutError:
-                log.warning("policy ConfigMap watch went silent; relisting")
-                resource_version = None
-            except Exception as exc:
-                log.warning(
-                    "policy ConfigMap %s/%s: %s: %s; retrying in %.0fs",
-                    self.namespace,
-                    self.name,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                resource_version = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
+        """Follow the ConfigMap forever (until cancelled)."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.informer.run(), name="policy-configmap-informer")
+            await self.informer.wait_synced()  # the first list went through handle_event
+            if self.informer.get(f"{self.namespace}/{self.name}") is None:
+                await self.apply(None)  # absent at start: the baked-in policy
+            self.synced.set()
 
-    async def resync(self) -> str:
-        """List the ConfigMap, apply what is there (or the fallback); the list's resourceVersion."""
-        obj, resource_version = await self._client.get(self.namespace, self.name)
-        await self.apply(obj)
-        self.synced.set()
-        return resource_version
-
-    async def watch_once(self, resource_version: str) -> str:
-        """Follow one watch request; the resourceVersion to continue from.
-
-        Raises WatchExpired (relist), TimeoutError (dead stream: relist).
-        """
-        stream = self._client.watch(
-            self.namespace,
-            self.name,
-            resource_version,
-            timeout_seconds=self._watch_timeout_seconds,
-            inactivity_timeout=self._inactivity_timeout,
-        )
-        try:
-            async for event in stream:
-                resource_version = await self.handle_event(event, resource_version)
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        return resource_version
-
-    async def handle_event(self, event: Mapping[str, Any], resource_version: str) -> str:
-        """Apply one raw watch event; the resourceVersion to continue from."""
-        kind = event.get("type")
-        obj = event.get("object")
-        if kind == "ERROR":
-            code = obj.get("code") if isinstance(obj, Mapping) else None
-            if code == 410:
-                raise WatchExpired(str(obj.get("message", "")) if isinstance(obj, Mapping) else "")
-            raise RuntimeError(f"watch error event: {obj}")
-        new_rv = _configmap_rv(obj) or resource_version
-        if kind == "BOOKMARK":
-            return new_rv
-        if not isinstance(obj, Mapping):
-            return new_rv
+    async def handle_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        """Apply one informer event (ADDED, MODIFIED, DELETED) of the ConfigMap."""
         metadata = obj.get("metadata")
         if isinstance(metadata, Mapping) and metadata.get("name") not in (None, self.name):
-            return new_rv  # not ours (the field selector should prevent it)
-        if kind in ("ADDED", "MODIFIED"):
+            return  # not ours (the field selector should prevent it)
+        if event_type in ("ADDED", "MODIFIED"):
             await self.apply(obj)
-        elif kind == "DELETED":
+        elif event_type == "DELETED":
             await self.apply(None)
-        return new_rv
 
     # --- applying ---------------------------------------------------------------
 

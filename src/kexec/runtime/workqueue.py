@@ -30,7 +30,8 @@ from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from kexec.entrypoints.runtime.metrics import workqueue_metrics
+from kexec.runtime.backoff import delay
+from kexec.runtime.metrics import workqueue_metrics
 
 __all__ = [
     "BucketRateLimiter",
@@ -81,11 +82,9 @@ class ItemExponentialFailureRateLimiter(Generic[K]):
         self._failures: dict[K, int] = {}
 
     def when(self, key: K) -> float:
-        exp = self._failures.get(key, 0)
-        self._failures[key] = exp + 1
-        if exp >= 64:  # 2**64 * base overflows any sane cap; avoid float overflow too
-            return self.max_delay
-        return min(self.base_delay * (2.0**exp), self.max_delay)
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        return delay(failures, base=self.base_delay, cap=self.max_delay)
 
     def forget(self, key: K) -> None:
         self._failures.pop(key, None)

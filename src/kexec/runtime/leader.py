@@ -29,7 +29,6 @@ import inspect
 import json
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -39,6 +38,8 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from kexec.runtime.backoff import Backoff, poll
 
 __all__ = ["LeaderElector", "default_identity"]
 
@@ -151,10 +152,10 @@ class LeaderElector:
             raise leading.exception()  # type: ignore[misc]
 
     async def _acquire(self) -> None:
-        while True:
-            if await self._try_acquire_or_renew():
-                return
-            await asyncio.sleep(self.retry_period * (1 + random.random() * 0.2))
+        # Poll every retry_period, jittered up to 20% longer (client-go's JitterUntil):
+        # a constant delay of 1.2 * retry_period, shortened by up to 1/6 of it.
+        period = 1.2 * self.retry_period
+        await poll(self._try_acquire_or_renew, backoff=Backoff(period, period, jitter=1 / 6))
 
     async def _renew_loop(self) -> None:
         """Returns when leadership is lost."""

@@ -10,7 +10,8 @@ only once, hands BOOKMARKs through as raw dicts and has no inactivity timeout.
 Protocol (client-go's reflector):
 
 1. **List** (paginated, ``limit``/``continue``), store every object in :attr:`Informer.cache`
-   keyed ``namespace/name`` (or ``name`` when cluster-scoped), set :attr:`has_synced`.
+   keyed ``namespace/name`` (or ``name`` when cluster-scoped), emit ``ADDED`` for each,
+   then set :attr:`has_synced` (so once it is set, handlers have seen the first list).
    On a *re*-list, emit ``ADDED``/``MODIFIED`` for what is new or changed and a
    synthetic ``DELETED`` (last known state) for what disappeared meanwhile.
 2. **Watch** from the list's resourceVersion with ``allowWatchBookmarks=true`` and a
@@ -22,8 +23,8 @@ Protocol (client-go's reflector):
 4. **410 Gone** (an ``ERROR`` event or HTTP status): the resourceVersion is too old --
    re-list (step 1), immediately.
 5. **Other errors** (network, 5xx, 403 while RBAC settles, ...): exponential backoff with
-   jitter (0.5 s .. 30 s), then re-watch from the last resourceVersion (or re-list if
-   there is none yet).
+   jitter (:class:`kexec.runtime.backoff.Backoff`, 0.5 s .. 30 s), then re-watch from the
+   last resourceVersion (or re-list if there is none yet).
 
 Handlers are ``on_event(type, obj)``, sync or async, ``type`` in ``ADDED``, ``MODIFIED``,
 ``DELETED``; they run after the cache is updated. They should be quick (enqueue a key);
@@ -45,6 +46,8 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from kexec.runtime.backoff import Backoff
 
 __all__ = ["EventHandler", "Informer", "InformerStats", "object_key", "resource_path"]
 
@@ -125,7 +128,7 @@ class Informer:
         self.inactivity_timeout = inactivity_timeout
         self.page_size = page_size
         self.request_timeout = request_timeout
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self._backoff = Backoff(backoff_base, backoff_max, jitter=0.5)
         self.name = name or (f"{plural}.{group}" if group else plural)
 
         self.cache: dict[str, dict[str, Any]] = {}
@@ -167,17 +170,15 @@ class Informer:
 
     async def run(self) -> None:
         """List and watch forever (until cancelled)."""
-        failures = 0
         while True:
             try:
                 if self.resource_version is None:
                     await self._list_and_replace()
                 if await self._watch_once():
-                    failures = 0
+                    self._backoff.reset()
                 else:
                     # The stream ended at once without a single line: do not spin on it.
-                    failures += 1
-                    await asyncio.sleep(self._backoff(failures))
+                    await asyncio.sleep(self._backoff.next())
             except _Expired:
                 self.stats.expired += 1
                 log.info("%s: resourceVersion %s expired (410): re-listing",
@@ -186,9 +187,8 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                failures += 1
                 self.stats.errors += 1
-                delay = self._backoff(failures)
+                delay = self._backoff.next()
                 log.warning("%s: list/watch failed (%s: %s); retrying in %.1fs",
                             self.name, type(e).__name__, _short(e), delay)
                 await asyncio.sleep(delay)
@@ -223,9 +223,9 @@ class Informer:
         events = self._replace(items)
         self.resource_version = rv
         log.debug("%s: listed %d objects at resourceVersion %s", self.name, len(items), rv)
-        self.has_synced.set()
         for event_type, obj in events:
             await self._emit(event_type, obj)
+        self.has_synced.set()
 
     def _replace(self, items: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         """Swap the cache content in place; return the events the swap implies."""
@@ -364,10 +364,6 @@ class Informer:
             yield ("labelSelector", self.label_selector)
         if self.field_selector:
             yield ("fieldSelector", self.field_selector)
-
-    def _backoff(self, failures: int) -> float:
-        delay = min(self.backoff_base * 2.0 ** min(failures - 1, 16), self.backoff_max)
-        return delay * (0.5 + random.random() / 2)  # jitter: [d/2, d)
 
 
 def _rv(obj: dict[str, Any]) -> str | None:

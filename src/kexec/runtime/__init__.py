@@ -1,9 +1,12 @@
-"""Generic controller machinery: work queue, informer, leader election, HTTP, metrics.
+"""Generic controller machinery: work queue, informer, leader election, HTTP, metrics,
+backoff.
 
-No kexec business logic lives here; the controller main wires these together.
+No kexec business logic lives here, and nothing here imports another kexec package
+(import-linter contract); the adapters and the controller main build on it.
 """
 
-from kexec.entrypoints.runtime.http import (
+from kexec.runtime.backoff import Backoff, poll
+from kexec.runtime.http import (
     AuthResult,
     Decision,
     KubernetesAuth,
@@ -14,10 +17,10 @@ from kexec.entrypoints.runtime.http import (
     metrics_auth,
     serve,
 )
-from kexec.entrypoints.runtime.informer import Informer, InformerStats, object_key, resource_path
-from kexec.entrypoints.runtime.leader import LeaderElector, default_identity
-from kexec.entrypoints.runtime.metrics import make_registry, render, workqueue_metrics
-from kexec.entrypoints.runtime.workqueue import (
+from kexec.runtime.informer import Informer, InformerStats, object_key, resource_path
+from kexec.runtime.leader import LeaderElector, default_identity
+from kexec.runtime.metrics import make_registry, render, workqueue_metrics
+from kexec.runtime.workqueue import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,
@@ -30,6 +33,7 @@ from kexec.entrypoints.runtime.workqueue import (
 
 __all__ = [
     "AuthResult",
+    "Backoff",
     "BucketRateLimiter",
     "Decision",
     "Informer",
@@ -50,6 +54,7 @@ __all__ = [
     "make_registry",
     "metrics_auth",
     "object_key",
+    "poll",
     "render",
     "resource_path",
     "run_workers",

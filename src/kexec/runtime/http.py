@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from kexec.entrypoints.runtime.metrics import render
+from kexec.runtime.metrics import render
 
 __all__ = [
     "AuthResult",
