@@ -7,7 +7,6 @@ per-action ServiceAccount for reads and server-side dry runs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -48,6 +47,7 @@ from kexec.domain.resources import (
     Replace,
 )
 from kexec.domain.safety import Permission
+from kexec.runtime.backoff import Backoff, poll
 
 log = logging.getLogger(__name__)
 
@@ -268,24 +268,13 @@ class KubernetesCluster:
         """A new binding takes a moment to reach the authorizer: wait until it does, so
         the dry run that follows is not refused by a race (SubjectAccessReview)."""
         rule = ACTIONS[action].rules[0]
-        attrs = {"group": rule.api_groups[0], "resource": rule.resources[0].split("/")[0],
-                 "verb": rule.verbs[0]}
-        if "/" in rule.resources[0]:
-            attrs["subresource"] = rule.resources[0].split("/", 1)[1]
-        if namespace:
-            attrs["namespace"] = namespace
-        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                  "spec": {"user": identity.username, "resourceAttributes": attrs,
-                           "groups": ["system:serviceaccounts",
-                                      f"system:serviceaccounts:{identity.namespace}",
-                                      "system:authenticated"]}}
-        for _ in range(50):
-            answer = await self.request(
-                "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=review)
-            if (answer.get("status") or {}).get("allowed"):
-                return
-            await asyncio.sleep(0.05)
-        log.warning("binding of %s to %s not effective after 2.5s", identity.username, action)
+        base, _, sub = rule.resources[0].partition("/")
+        permission = Permission(rule.api_groups[0], base, rule.verbs[0], namespace, "", sub)
+        groups = ("system:serviceaccounts", f"system:serviceaccounts:{identity.namespace}",
+                  "system:authenticated")
+        if not await poll(lambda: self.access_allowed(identity.username, groups, permission),
+                          backoff=Backoff(0.05, 0.5), within=5.0):
+            log.warning("binding of %s to %s not effective after 5s", identity.username, action)
 
     async def ensure_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
         labels = {"app.kubernetes.io/managed-by": "kexec"}
