@@ -19,6 +19,3 @@ class Settings:
     requeue_policy_unavailable_seconds: float = 5.0
     requeue_paused_seconds: float = 10.0
     service_account_prefix: str = "kexec-"
-
-    def is_trusted(self, namespace: str) -> bool:
-        return namespace in self.trusted_namespaces or namespace == self.controller_namespace

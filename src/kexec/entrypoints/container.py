@@ -16,9 +16,7 @@ from kexec.adapters.audit.postgres import PostgresAudit, audit_pool
 from kexec.adapters.clock import SystemClock
 from kexec.adapters.kubernetes.client import api_client
 from kexec.adapters.kubernetes.cluster import KubernetesCluster
-from kexec.application.approve import ApproveExecution
 from kexec.application.reconcile import ReconcileExecution
-from kexec.application.rollback import CreateRollback
 from kexec.application.settings import Settings
 
 
@@ -68,8 +66,6 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(_settings, config.namespace, config.trusted_namespaces,
                                    config.identity, config.approval_timeout.as_(int))
     reconcile = providers.Singleton(ReconcileExecution, cluster, policy, audit, clock, settings)
-    approve = providers.Factory(ApproveExecution, cluster)
-    rollback = providers.Factory(CreateRollback, cluster)
 
 
 DEFAULTS: dict[str, Any] = {
