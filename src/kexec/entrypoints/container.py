@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dependency_injector import containers, providers
+from prometheus_client import CollectorRegistry
 
 from kexec.adapters.audit.outbox import OutboxAudit
 from kexec.adapters.audit.postgres import PostgresAudit, audit_pool
@@ -43,7 +44,7 @@ def _settings(namespace: str, trusted: str, identity: str, approval_timeout: int
 class Container(containers.DeclarativeContainer):
     config = providers.Configuration()
 
-    registry = providers.Object(None)  # a prometheus CollectorRegistry, set by the caller
+    registry: providers.Object[CollectorRegistry | None] = providers.Object(None)  # set by the caller
     clock = providers.Singleton(SystemClock)
     api = providers.Resource(api_client, kubeconfig=config.kubeconfig,
                              pool_size=config.api_pool_size.as_(int))
