@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): sets up everything on a fresh machine, then runs
 # lint, layering contracts, type checks, the Rego checks and the whole pytest
-# suite against a real local control plane, a real PostgreSQL and a real opa.
+# suite against a real local control plane, a real PostgreSQL and a real opa,
+# with line coverage (domain + application must stay at >= 90 %).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '\n== %s (%ss)\n' "$*" "$SECONDS" >&2; }
@@ -24,10 +25,16 @@ bash hack/ensure-postgres.sh >/dev/null
 log "opa check --strict / opa test on policies/"
 bash hack/policy-check.sh
 
-log "pytest"
+log "pytest (line coverage of kexec)"
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -p no:cacheprovider --cov=kexec --cov-report=term "$@"
 rc=$?
 set -e
-log "done (pytest exit $rc)"
-exit $rc
+cov_rc=0
+if [ "$#" -eq 0 ]; then  # the whole suite (CI): domain + application must be covered
+  log "coverage of domain + application (fails below 90 %)"
+  .venv/bin/coverage report --include='src/kexec/domain/*,src/kexec/application/*' --fail-under=90 || cov_rc=$?
+fi
+log "done (pytest exit $rc, coverage exit $cov_rc)"
+if [ "$rc" -ne 0 ]; then exit "$rc"; fi
+exit "$cov_rc"

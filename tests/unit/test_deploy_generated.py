@@ -165,7 +165,7 @@ def test_spec_schema_follows_the_design() -> None:
         pair = f"(self.action == '{action.name}' && has(self.parameters.{action.key}))"
         assert pair in rule["rule"]
     # ... and every spec field but the approval fields is pinned at creation.
-    from kexec.adapters.kubernetes.crd import PINNED_FIELDS
+    from kexec.adapters.kubernetes.crd.cel import PINNED_FIELDS
     from kexec.domain.execution import APPROVAL_FIELDS
 
     assert set(PINNED_FIELDS) | set(APPROVAL_FIELDS) == set(props)

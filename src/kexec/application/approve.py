@@ -25,8 +25,12 @@ class ApproveExecution:
             if ex.phase is not Phase.WAITING_APPROVAL:
                 raise ValueError(f"{ex.key} is {ex.phase or 'new'}: only an execution in "
                                  "WaitingApproval can be approved")
+            validated = ex.status.validation.generation if ex.status.validation else 0
+            mine = ex.spec.get("approvalReceived") and ex.spec.get("approvedBy") == approver
+            if mine and ex.generation > validated:
+                return ex  # already given, after validation: nothing to write
             try:
-                if ex.spec.get("approvalReceived") and ex.spec.get("approvedBy") == approver:
+                if mine:  # present since before validation: it does not count, give it anew
                     ex.spec["approvalReceived"] = False
                     ex = await self.cluster.update_execution(ex)
                 ex.spec["approvalReceived"] = True

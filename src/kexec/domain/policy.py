@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -55,10 +55,3 @@ class PolicyDecision:
             "violations": [{"rule": v.rule, "message": v.message} for v in self.violations],
             "engine": self.engine,
         }
-
-
-@dataclass(frozen=True)
-class PolicyInput:
-    """What the policy sees (documented in policies/README.md). Plain JSON data."""
-
-    document: dict[str, Any] = field(default_factory=dict)

@@ -5,7 +5,7 @@
                 [--result success|failure|pending] [--limit N]
     ... [-o table|json] [--dsn DSN | $KEXEC_AUDIT_DSN]
 
-The SQL lives in the adapter (PostgresAudit.get/query); this module parses options
+The SQL lives in the adapter (AuditQueries.get/query); this module parses options
 and formats.
 """
 

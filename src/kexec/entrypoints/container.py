@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from dependency_injector import containers, providers
+from prometheus_client import CollectorRegistry
 
 from kexec.adapters.audit.outbox import OutboxAudit
 from kexec.adapters.audit.postgres import PostgresAudit, audit_pool
 from kexec.adapters.clock import SystemClock
 from kexec.adapters.kubernetes.client import api_client
 from kexec.adapters.kubernetes.cluster import KubernetesCluster
-from kexec.application.approve import ApproveExecution
 from kexec.application.reconcile import ReconcileExecution
-from kexec.application.rollback import CreateRollback
 from kexec.application.settings import Settings
 
 
@@ -45,7 +44,7 @@ def _settings(namespace: str, trusted: str, identity: str, approval_timeout: int
 class Container(containers.DeclarativeContainer):
     config = providers.Configuration()
 
-    registry = providers.Object(None)  # a prometheus CollectorRegistry, set by the caller
+    registry: providers.Object[CollectorRegistry | None] = providers.Object(None)  # set by the caller
     clock = providers.Singleton(SystemClock)
     api = providers.Resource(api_client, kubeconfig=config.kubeconfig,
                              pool_size=config.api_pool_size.as_(int))
@@ -68,8 +67,6 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(_settings, config.namespace, config.trusted_namespaces,
                                    config.identity, config.approval_timeout.as_(int))
     reconcile = providers.Singleton(ReconcileExecution, cluster, policy, audit, clock, settings)
-    approve = providers.Factory(ApproveExecution, cluster)
-    rollback = providers.Factory(CreateRollback, cluster)
 
 
 DEFAULTS: dict[str, Any] = {

@@ -1,6 +1,7 @@
 """Audit trail adapters (docs/audit.md).
 
-- ``postgres``: PostgresAudit (asyncpg), the pool resource, versioned migrations;
+- ``postgres``: PostgresAudit (asyncpg), the pool resource, versioned migrations, the
+  read queries of ``kexec audit``;
 - ``outbox``: OutboxAudit, which buffers and re-sends through an outage;
 - ``memory``: InMemoryAudit, the fake for tests.
 

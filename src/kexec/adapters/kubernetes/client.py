@@ -18,7 +18,8 @@ async def load_configuration(kubeconfig: str | None = None, context: str | None 
         await config.load_kube_config(config_file=path, context=context,
                                       client_configuration=cfg)
     else:
-        config.load_incluster_config(client_configuration=cfg)
+        # kubernetes_asyncio leaves this one function unannotated
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     cfg.connection_pool_maxsize = pool_size
     return cfg
 

@@ -35,8 +35,4 @@ ACTIONS: dict[str, Action[Any]] = {
 }
 
 
-def get_action(name: str) -> Action[Any] | None:
-    return ACTIONS.get(name)
-
-
-__all__ = ["ACTIONS", "Action", "Context", "Param", "RollbackSpec", "get_action"]
+__all__ = ["ACTIONS", "Action", "Context", "Param", "RollbackSpec"]

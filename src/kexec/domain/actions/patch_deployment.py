@@ -101,7 +101,8 @@ class PatchDeployment(Action[PatchDeploymentParams]):
                     f.errors.append(FieldError(path, "must be a non-empty object"))
                 else:
                     for bad in forbidden(_object_paths(patch)):
-                        f.errors.append(FieldError(path, f"may not touch {bad}"))
+                        dotted = bad.replace("/", ".").replace("~1", "/").replace("~0", "~")
+                        f.errors.append(FieldError(f"{path}{dotted}", "may not be patched"))
         return PatchDeploymentParams(f.namespace(), f.name("deployment"),
                                      cast(PatchType, patch_type or "merge"), patch)
 
