@@ -170,7 +170,8 @@ class ReconcileExecution:
 
         active = _active_by_namespace(others, ex)
         facts = await self.cluster.cluster_facts(target.namespace)
-        doc = build_policy_input(ex, spec, action, params, snap, facts, active, now)
+        doc = build_policy_input(ex, spec, action, params, snap, facts, active, now,
+                                 self.settings.trusted_namespaces | {self.settings.controller_namespace})
         try:
             decision = await self.policy.decide(doc)
         except PolicyUnavailable as exc:

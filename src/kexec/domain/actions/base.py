@@ -89,8 +89,20 @@ class Action(ABC, Generic[P]):
     rules: ClassVar[tuple[Rule, ...]]
     params_doc: ClassVar[tuple[Param, ...]]
     node_action: ClassVar[bool] = False
-    # Kinds whose values must never be recorded (update_secret).
+
+    # --- facts the safety policy decides on (policy_facts; never the action's name) ----
+    # The kind of the target; "" when the parameters name it (a manifest).
+    target_kind: ClassVar[str]
+    # What it changes: "replicas", "podTemplate", "deploymentSpec", "deletesPod",
+    # "nodeSchedulability", "evictsPods", "configData", "secretData", "manifest", ...
+    effects: ClassVar[tuple[str, ...]]
+    # Disrupts running workloads whatever its parameters (scaling down is judged per execution).
+    destructive: ClassVar[bool] = False
+    # Changes configuration or credentials that workloads read.
     sensitive: ClassVar[bool] = False
+    # Takes a node out of scheduling / puts one back.
+    removes_capacity: ClassVar[bool] = False
+    restores_capacity: ClassVar[bool] = False
 
     # --- parameters -----------------------------------------------------------------
     def parse(self, raw: Any) -> P:
@@ -170,6 +182,27 @@ class Action(ABC, Generic[P]):
         if "generation" in m:
             return {"generation": str(m["generation"])}
         return {"resourceVersion": str(m.get("resourceVersion", ""))}
+
+    # --- policy facts ---------------------------------------------------------------------
+    @classmethod
+    def policy_facts(cls) -> dict[str, Any]:
+        """The action as the policy sees it (input.action, policies/README.md)."""
+        return {
+            "name": cls.name,
+            "targetKind": cls.target_kind,
+            "clusterScoped": cls.node_action,
+            "destructive": cls.destructive,
+            "sensitive": cls.sensitive,
+            "removesCapacity": cls.removes_capacity,
+            "restoresCapacity": cls.restores_capacity,
+            "changes": list(cls.effects),
+        }
+
+    def policy_change(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """What this execution asks for, normalized (input.change), from its camelCase
+        parameters: "replicas" (the replica count it sets), "images" (it may set container
+        images), "labels" (labels it sets on the target). Tolerates malformed parameters."""
+        return {}
 
     # --- helpers ------------------------------------------------------------------------
     def _exists(self, snap: Snapshot) -> Check:

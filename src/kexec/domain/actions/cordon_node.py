@@ -23,6 +23,8 @@ class _SetSchedulable(Action[NodeParams]):
     unschedulable: bool
     inverse: str
     node_action = True
+    target_kind = "Node"
+    effects = ("nodeSchedulability",)
     default_timeout_seconds = 30
     params_doc = (Param("node", "name", "Node name"),)
     rules = NODE_RULES
@@ -62,3 +64,5 @@ class CordonNode(_SetSchedulable):
     description = "Mark a Node unschedulable."
     unschedulable = True
     inverse = "uncordon_node"
+    destructive = True
+    removes_capacity = True

@@ -20,6 +20,9 @@ class DeletePodParams:
 class DeletePod(Action[DeletePodParams]):
     name = "delete_pod"
     key = "deletePod"
+    target_kind = "Pod"
+    effects = ("deletesPod",)
+    destructive = True
     description = "Delete one Pod that has a controller (its owner recreates it)."
     default_timeout_seconds = 120
     params_doc = (

@@ -44,6 +44,10 @@ class DrainNode(Action[DrainParams]):
 
     name = "drain_node"
     key = "drainNode"
+    target_kind = "Node"
+    effects = ("nodeSchedulability", "evictsPods")
+    destructive = True
+    removes_capacity = True
     description = "Cordon a Node and evict its pods through the Eviction API (PDBs honoured)."
     default_timeout_seconds = 900
     node_action = True

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from kexec.domain.actions._workload import deployment_summary, rollout_complete
+from kexec.domain.actions._workload import deployment_summary, replica_count, rollout_complete
 from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
 from kexec.domain.errors import FieldError
 from kexec.domain.fields import Fields
@@ -24,6 +24,39 @@ PATCH_TYPES: tuple[PatchType, ...] = ("strategic", "merge", "json")
 _FORBIDDEN_TOP = ("status", "apiVersion", "kind")
 _FORBIDDEN_META = ("name", "namespace", "uid", "resourceVersion", "ownerReferences", "finalizers")
 
+# JSON-patch paths that may change a container image: the containers lists and anything above.
+_IMAGE_PARENTS = ("", "/spec", "/spec/template", "/spec/template/spec")
+_CONTAINER_LISTS = ("/spec/template/spec/containers", "/spec/template/spec/initContainers",
+                    "/spec/template/spec/ephemeralContainers")
+
+
+def _has_image_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "image" in value or any(_has_image_key(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_image_key(v) for v in value)
+    return False
+
+
+def _image_path(path: Any) -> bool:
+    return isinstance(path, str) and (path in _IMAGE_PARENTS or path.startswith(_CONTAINER_LISTS))
+
+
+def patch_change(patch: Any) -> dict[str, Any]:
+    """The replica count a patch sets and whether it may set an image (a patch that is
+    neither an object nor a list cannot be inspected: it may)."""
+    if isinstance(patch, dict):
+        spec = patch.get("spec")
+        return {"replicas": replica_count(spec.get("replicas")) if isinstance(spec, dict) else None,
+                "images": _has_image_key(patch)}
+    if isinstance(patch, list):
+        ops = [op for op in patch if isinstance(op, dict)]
+        counts = [replica_count(op.get("value")) for op in ops
+                  if op.get("op") in ("add", "replace") and op.get("path") == "/spec/replicas"]
+        return {"replicas": counts[-1] if counts else None,
+                "images": any(_image_path(op.get(k)) for op in ops for k in ("path", "from"))}
+    return {"replicas": None, "images": True}
+
 
 @dataclass(frozen=True)
 class PatchDeploymentParams:
@@ -36,6 +69,9 @@ class PatchDeploymentParams:
 class PatchDeployment(Action[PatchDeploymentParams]):
     name = "patch_deployment"
     key = "patchDeployment"
+    target_kind = "Deployment"
+    effects = ("deploymentSpec", "replicas", "podTemplate")
+    destructive = True
     description = "Patch a Deployment's spec (strategic, merge or JSON patch)."
     default_timeout_seconds = 300
     params_doc = (
@@ -75,6 +111,9 @@ class PatchDeployment(Action[PatchDeploymentParams]):
                             f.errors.append(FieldError(f"{path}.metadata.{key}", "may not be patched"))
         return PatchDeploymentParams(f.namespace(), f.name("deployment"),
                                      cast(PatchType, patch_type or "merge"), patch)
+
+    def policy_change(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        return patch_change(parameters.get("patch"))
 
     def to_dict(self, p: PatchDeploymentParams) -> dict[str, Any]:
         return {

@@ -59,6 +59,9 @@ def pod_template(rs: dict[str, Any]) -> dict[str, Any]:
 class RollbackDeployment(Action[RollbackParams]):
     name = "rollback_deployment"
     key = "rollbackDeployment"
+    target_kind = "Deployment"
+    effects = ("podTemplate",)
+    destructive = True
     description = "Roll a Deployment back to an earlier revision (`kubectl rollout undo`)."
     default_timeout_seconds = 300
     params_doc = (

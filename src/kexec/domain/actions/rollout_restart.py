@@ -22,6 +22,9 @@ class RestartParams:
 class RolloutRestart(Action[RestartParams]):
     name = "rollout_restart"
     key = "rolloutRestart"
+    target_kind = "Deployment"
+    effects = ("podTemplate",)
+    destructive = True
     description = "Restart a Deployment's pods like `kubectl rollout restart`."
     default_timeout_seconds = 300
     params_doc = (

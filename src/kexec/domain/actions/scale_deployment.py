@@ -20,6 +20,8 @@ class ScaleParams:
 class ScaleDeployment(Action[ScaleParams]):
     name = "scale_deployment"
     key = "scaleDeployment"
+    target_kind = "Deployment"
+    effects = ("replicas",)
     description = "Set a Deployment's replicas through the scale subresource."
     default_timeout_seconds = 120
     params_doc = (
@@ -37,6 +39,9 @@ class ScaleDeployment(Action[ScaleParams]):
 
     def to_dict(self, p: ScaleParams) -> dict[str, Any]:
         return {"namespace": p.namespace, "deployment": p.deployment, "replicas": p.replicas}
+
+    def policy_change(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        return {"replicas": parameters.get("replicas")}
 
     def target(self, p: ScaleParams) -> ObjectRef:
         return ObjectRef("Deployment", p.namespace, p.deployment)

@@ -27,6 +27,9 @@ class ConfigMapParams:
 class UpdateConfigMap(Action[ConfigMapParams]):
     name = "update_configmap"
     key = "updateConfigMap"
+    target_kind = "ConfigMap"
+    effects = ("configData",)
+    sensitive = True
     description = "Set (or, with null, remove) keys of a ConfigMap's data."
     default_timeout_seconds = 60
     params_doc = (

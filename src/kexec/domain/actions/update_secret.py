@@ -38,6 +38,8 @@ class UpdateSecret(Action[SecretParams]):
 
     name = "update_secret"
     key = "updateSecret"
+    target_kind = "Secret"
+    effects = ("secretData",)
     description = "Replace a Secret's data with the data of a source Secret (same namespace)."
     default_timeout_seconds = 60
     sensitive = True
