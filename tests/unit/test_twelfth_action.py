@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,10 @@ from kexec.application.policy_input import build_policy_input
 from kexec.application.ports.cluster import Identity
 from kexec.application.run_action import RunAction, RunRequest
 from kexec.application.snapshot import read_snapshot
-from kexec.domain.actions import ACTIONS, Action, Context, Param, RollbackSpec
+from kexec.domain.actions import ACTIONS, Action, Context, RollbackSpec
+from kexec.domain.errors import ValidationError
 from kexec.domain.execution import API_VERSION, KIND, Execution, parse_spec
-from kexec.domain.fields import Fields
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Check, Mutation, ObjectRef, Patch, Rule, Snapshot, dig
 from kexec.entrypoints.cli import cli, validation_errors
 
@@ -60,8 +61,8 @@ class ScaleStatefulSet(Action[StatefulSetScale]):
     )
     rules = (Rule(("apps",), ("statefulsets",), ("get", "patch")),)
 
-    def _parse(self, f: Fields) -> StatefulSetScale:
-        return StatefulSetScale(f.namespace(), f.name("statefulSet"), f.integer("replicas", 0, 1000))
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> StatefulSetScale:
+        return StatefulSetScale(v["namespace"], v["statefulSet"], v["replicas"])
 
     def to_dict(self, p: StatefulSetScale) -> dict[str, Any]:
         return {"namespace": p.namespace, "statefulSet": p.stateful_set, "replicas": p.replicas}
@@ -213,3 +214,27 @@ async def test_the_runner_executes_its_plan(registered: Action[Any]) -> None:
     assert all(c.passed for c in action.postconditions(params, after, report.to_dict()))
     assert report.rollback == {"available": True, "action": TWELFTH.name,
                                "parameters": {"namespace": NS, "statefulSet": "db", "replicas": 3}}
+
+
+def test_its_parameter_rules_are_stated_once_in_its_params_doc() -> None:
+    # Action.parse checks each value by its Param (the CRD schema is generated from the
+    # same declarations): changing the declaration changes the check, _parse is untouched.
+    with pytest.raises(ValidationError) as err:
+        TWELFTH.parse({"namespace": NS, "statefulSet": "db", "replicas": 1001})
+    assert str(err.value.errors[0]) == (
+        "spec.parameters.scaleStatefulSet.replicas: must be between 0 and 1000, got 1001")
+
+    class SmallStatefulSetScale(ScaleStatefulSet):
+        params_doc = (*ScaleStatefulSet.params_doc[:2],
+                      replace(ScaleStatefulSet.params_doc[2], maximum=10))
+
+    small = SmallStatefulSetScale()
+    assert small.parse({"namespace": NS, "statefulSet": "db", "replicas": 10}).replicas == 10
+    with pytest.raises(ValidationError) as err:
+        small.parse({"namespace": NS, "statefulSet": "Not_A_Name", "replicas": 11, "x": 1})
+    assert [str(e) for e in err.value.errors] == [
+        "spec.parameters.scaleStatefulSet.statefulSet: 'Not_A_Name' is not a valid Kubernetes "
+        "name (DNS-1123 subdomain)",
+        "spec.parameters.scaleStatefulSet.replicas: must be between 0 and 10, got 11",
+        "spec.parameters.scaleStatefulSet.x: unknown field",
+    ]

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions._workload import replica_count
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
+from kexec.domain.actions.base import Action, Context, RollbackSpec
 from kexec.domain.errors import FieldError
-from kexec.domain.fields import Fields, is_dns1123_label, is_dns1123_subdomain
+from kexec.domain.fields import Fields, Param, is_dns1123_label, is_dns1123_subdomain
 from kexec.domain.resources import (
     KINDS,
     Check,
@@ -87,9 +87,8 @@ class ApplyManifest(Action[ManifestParams]):
     )
     rules = _rules()
 
-    def _parse(self, f: Fields) -> ManifestParams:
-        manifest = f.mapping("manifest")
-        delete = f.boolean("delete", False)
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> ManifestParams:
+        manifest, delete = v["manifest"], v["delete"]
         path = f"{f.path}.manifest"
         if manifest:
             kind = manifest.get("kind")

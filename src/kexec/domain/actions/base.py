@@ -14,38 +14,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from kexec.domain.errors import FieldError, ValidationError
-from kexec.domain.fields import Fields
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Change, Check, Get, Mutation, ObjectRef, Read, Rule, Snapshot
 
 P = TypeVar("P")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter, as data: `kexec actions` prints it, the CRD schema is generated from it.
-
-    type: "label" (DNS-1123 label), "name" (DNS-1123 subdomain), "integer", "boolean",
-    "enum", "object", "patch" (object or array), "stringmap" (string or null values),
-    "ref" ({name}).
-    """
-
-    name: str
-    type: str
-    description: str = ""
-    required: bool = True
-    minimum: int | None = None
-    maximum: int | None = None
-    enum: tuple[str, ...] = ()
-    default: Any = None
-
-    def constraint(self) -> str:
-        if self.minimum is not None and self.maximum is not None:
-            return f"{self.minimum}-{self.maximum}"
-        if self.minimum is not None:
-            return f">= {self.minimum}"
-        if self.enum:
-            return " | ".join(self.enum)
-        return {"label": "DNS-1123 label", "name": "DNS-1123 subdomain"}.get(self.type, "")
 
 
 @dataclass(frozen=True)
@@ -106,17 +78,25 @@ class Action(ABC, Generic[P]):
 
     # --- parameters -----------------------------------------------------------------
     def parse(self, raw: Any) -> P:
-        """Validate raw camelCase parameters; raise ValidationError naming every bad field."""
+        """Validate raw camelCase parameters; raise ValidationError naming every bad field.
+
+        Each parameter is read and checked by its declaration in ``params_doc`` (type,
+        range, required, default: the one statement of those rules, which the CRD
+        schema is generated from too); ``_parse`` adds the action's own checks.
+        """
         errors: list[FieldError] = []
         fields = Fields(raw, f"spec.parameters.{self.key}", errors)
-        params = self._parse(fields)
+        values = {p.name: fields.param(p) for p in self.params_doc}
+        params = self._parse(values, fields)
         fields.reject_unknown()
         if errors:
             raise ValidationError(errors)
         return params
 
     @abstractmethod
-    def _parse(self, f: Fields) -> P: ...
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> P:
+        """The parameters from their checked values ``v`` (by camelCase name); further
+        checks append to ``f.errors``."""
 
     @abstractmethod
     def to_dict(self, params: P) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from kexec.domain.actions._workload import deployment_summary, replica_count, rollout_complete
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
+from kexec.domain.actions.base import Action, Context, RollbackSpec
 from kexec.domain.errors import FieldError
-from kexec.domain.fields import Fields
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import (
     Check,
     Mutation,
@@ -82,9 +82,8 @@ class PatchDeployment(Action[PatchDeploymentParams]):
     )
     rules = (Rule(("apps",), ("deployments",), ("get", "patch")),)
 
-    def _parse(self, f: Fields) -> PatchDeploymentParams:
-        patch_type = f.choice("patchType", PATCH_TYPES)
-        patch = f.any("patch")
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> PatchDeploymentParams:
+        patch_type, patch = v["patchType"], v["patch"]
         path = f"{f.path}.patch"
         if patch is not None:
             if patch_type == "json":
@@ -109,7 +108,7 @@ class PatchDeployment(Action[PatchDeploymentParams]):
                     for key in _FORBIDDEN_META:
                         if key in (patch.get("metadata") or {}):
                             f.errors.append(FieldError(f"{path}.metadata.{key}", "may not be patched"))
-        return PatchDeploymentParams(f.namespace(), f.name("deployment"),
+        return PatchDeploymentParams(v["namespace"], v["deployment"],
                                      cast(PatchType, patch_type or "merge"), patch)
 
     def policy_change(self, parameters: Mapping[str, Any]) -> dict[str, Any]:

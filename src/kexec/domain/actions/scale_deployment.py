@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions._workload import deployment_summary, rollout_complete
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
-from kexec.domain.fields import Fields
+from kexec.domain.actions.base import Action, Context, RollbackSpec
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Check, Mutation, ObjectRef, Patch, Rule, Snapshot, dig
 
 
@@ -34,8 +34,8 @@ class ScaleDeployment(Action[ScaleParams]):
         Rule(("apps",), ("deployments/scale",), ("get", "update", "patch")),
     )
 
-    def _parse(self, f: Fields) -> ScaleParams:
-        return ScaleParams(f.namespace(), f.name("deployment"), f.integer("replicas", 0, 1000))
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> ScaleParams:
+        return ScaleParams(v["namespace"], v["deployment"], v["replicas"])
 
     def to_dict(self, p: ScaleParams) -> dict[str, Any]:
         return {"namespace": p.namespace, "deployment": p.deployment, "replicas": p.replicas}
