@@ -157,6 +157,7 @@ def test_kexec_actions_lists_it(registered: Action[Any]) -> None:
     assert len(listed) == 12
     assert [p["name"] for p in listed[TWELFTH.name]["parameters"]] == ["namespace", "statefulSet",
                                                                        "replicas"]
+    assert listed[TWELFTH.name]["policyFacts"]["changes"] == ["replicas"]
     table = CliRunner().invoke(cli, ["actions"])
     assert table.exit_code == 0 and TWELFTH.name in table.output and "12 actions" in table.output
 

@@ -197,5 +197,6 @@ class Action(ABC, Generic[P]):
             "rules": [r.to_k8s() for r in cls.rules],
             "timeoutSeconds": cls.default_timeout_seconds,
             "nodeAction": cls.node_action,
+            "policyFacts": cls.policy_facts(),
             "description": cls.description,
         }
