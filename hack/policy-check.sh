@@ -2,7 +2,7 @@
 # Gate the Rego safety policies with the real opa binary:
 #   opa fmt --list   (no unformatted files)
 #   opa check --strict policies/
-#   opa test policies/ -v
+#   opa test policies/ -v --timeout 60s
 # opa comes from $KEXEC_BIN_DIR/opa; without KEXEC_BIN_DIR, hack/build-binaries.sh
 # runs (a no-op when its cache is warm) and the dir on its last stdout line is used.
 # regopy (the embedded engine) accepts v0 syntax silently and does no strict
@@ -33,4 +33,6 @@ fi
 "$OPA" check --strict "$POLICIES"
 echo "[policy-check] opa check --strict: ok" >&2
 
-"$OPA" test "$POLICIES" -v
+# test_every_fixture evaluates all ~90 fixtures in one test (2-3 s on a quiet
+# machine): opa's default 5 s per-test timeout is too tight on a loaded one.
+"$OPA" test "$POLICIES" -v --timeout 60s

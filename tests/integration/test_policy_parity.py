@@ -29,6 +29,8 @@ from tests.support.opa import required_opa
 from kexec.adapters.policy.bundle import load_policy_dir, policy_set_from_sources, prepare_input
 from kexec.adapters.policy.embedded import CompiledPolicy
 from kexec.adapters.policy.opa_http import OpaHttpPolicy
+from kexec.application.policy_input import change_facts
+from kexec.domain.actions import ACTIONS as REGISTRY
 
 pytestmark = pytest.mark.opa
 
@@ -179,20 +181,8 @@ async def test_every_rego_test_fixture_decides_the_same_on_both_engines(engines:
 
 # --- generated inputs ---------------------------------------------------------------------------
 
-ACTIONS = [
-    "scale_deployment",
-    "rollout_restart",
-    "delete_pod",
-    "patch_deployment",
-    "cordon_node",
-    "drain_node",
-    "uncordon_node",
-    "update_configmap",
-    "update_secret",
-    "apply_manifest",
-    "rollback_deployment",
-]
-NODE_ACTIONS = {"cordon_node", "drain_node", "uncordon_node"}
+ACTIONS = sorted(REGISTRY)
+NODE_ACTIONS = {name for name, action in REGISTRY.items() if action.node_action}
 NAMESPACES = ["shop", "payments", "kube-system", "kube-public", "kubernaut-system", "default"]
 NODES = ["cp-1", "cp-2", "worker-1", "worker-2", "worker-3", "worker-4"]
 
@@ -208,7 +198,7 @@ CONFIGS: list[dict[str, Any]] = [
     {
         "business_hours": {"enabled": True, "weekdays": [0, 1, 2, 3], "start_hour": 7, "end_hour": 19},
         "sensitive_changes_scope": "all",
-        "approval_required_actions": ["drain_node", "update_secret"],
+        "approval_required_facts": ["evictsPods", "secretData"],
         "count_control_plane_nodes": True,
         "emergency_override_annotation": "example.com/break-glass",
     },
@@ -219,9 +209,8 @@ CONFIGS: list[dict[str, Any]] = [
         "max_concurrent_per_namespace": 2,
         "allow_bare_pod_deletion": True,
         "max_other_unschedulable_nodes_for_drain": 1,
-        "apply_manifest_allowed_kinds": ["ConfigMap", "StatefulSet", "NetworkPolicy"],
+        "manifest_allowed_kinds": ["ConfigMap", "StatefulSet", "NetworkPolicy"],
         "protected_namespaces": ["kube-system"],
-        "trusted_namespaces": ["kubernaut-system", "payments"],
         "critical_label_key": "tier",
         "critical_label_value": "gold",
     },
@@ -322,6 +311,9 @@ def generate_input(rng: random.Random) -> dict[str, Any]:
         params = {"manifest": manifest}
         kind = manifest.get("kind", "") if isinstance(manifest, dict) else ""
         kind = kind if isinstance(kind, str) else ""
+        # The target is the manifest's object, as the controller derives it.
+        ns = manifest.get("metadata", {}).get("namespace", "") if isinstance(manifest, dict) else ""
+        target_ns = ns if isinstance(ns, str) else ""
         name = "obj"
         obj = {}
     else:  # unknown action
@@ -351,7 +343,9 @@ def generate_input(rng: random.Random) -> dict[str, Any]:
         {"example.com/break-glass": "true"},
     )
     env = _pick(rng, {}, {"environment": "production"}, {"environment": "staging"})
+    trusted = _pick(rng, ["kubernaut-system"], ["kubernaut-system"], ["kubernaut-system", "payments"])
     doc: dict[str, Any] = {
+        "controller": {"trustedNamespaces": trusted},
         "execution": {
             "name": f"exec-{rng.randint(1, 9999)}",
             "namespace": exec_ns,
@@ -375,6 +369,9 @@ def generate_input(rng: random.Random) -> dict[str, Any]:
         "cluster": {"nodes": nodes, "activeExecutions": active},
         "time": {"now": now_text, "weekday": now.weekday(), "hour": now.hour, "minute": now.minute},
     }
+    if action in REGISTRY:  # the facts the controller derives from the action registry
+        doc["action"] = REGISTRY[action].policy_facts()
+        doc["change"] = change_facts(REGISTRY[action], params)
     if rng.random() < 0.08:  # malformed documents must be denied the same way
         corruption = rng.randint(0, 9)
         if corruption == 0:
@@ -382,7 +379,7 @@ def generate_input(rng: random.Random) -> dict[str, Any]:
         elif corruption == 1:
             doc["cluster"]["nodes"] = "node-1"
         elif corruption == 2:
-            doc["execution"]["parameters"] = []
+            doc["action"] = {**doc.get("action", {}), "destructive": "yes"}
         elif corruption == 3:
             doc["cluster"]["nodes"].append({"name": "half"})
         elif corruption == 4:
@@ -394,7 +391,7 @@ def generate_input(rng: random.Random) -> dict[str, Any]:
         elif corruption == 7:
             doc["cluster"]["nodes"].append("worker-9")
         elif corruption == 8:
-            doc["execution"]["parameters"] = {}
+            doc["change"] = {**doc.get("change", {}), "replicas": -1}
         else:
             doc["target"]["name"] = 'we"ird\\name'
     return doc

@@ -179,7 +179,7 @@ def test_patch_guards_agree_whatever_the_patch_type() -> None:
         ("merge", {"status": {"replicas": 0}}),
     ]
     for patch_type, patch in attempts:
-        with pytest.raises(ValidationError, match="may not (touch /|be patched)"):
+        with pytest.raises(ValidationError, match=r"may not (touch /|be patched)"):
             action.parse({**base, "patchType": patch_type, "patch": patch})
     for patch_type, patch in [
         ("json", [{"op": "replace", "path": "/spec/replicas", "value": 2}]),

@@ -6,7 +6,7 @@
 # Validation has two levels, because the embedded engine (rego-cpp) pays for
 # every expression on every decision (a full check costs ~1 ms there):
 #   - config_ok, on every decision, is structural only: data.kexec.config is
-#     an object with exactly the 23 knobs (a missing or partial data document
+#     an object with exactly the 21 knobs (a missing or partial data document
 #     denies every execution: violation invalid_config).
 #   - config_errors, the full check (types, ranges, lists of strings, freeze
 #     windows, business hours), is the gate when a policy set is loaded: the
@@ -22,7 +22,6 @@ config := data.kexec.config
 
 _config_types := {
 	"protected_namespaces": "array",
-	"trusted_namespaces": "array",
 	"max_replicas": "number",
 	"critical_label_key": "string",
 	"critical_label_value": "string",
@@ -33,14 +32,13 @@ _config_types := {
 	"max_other_unschedulable_nodes_for_drain": "number",
 	"production_label_key": "string",
 	"production_label_value": "string",
-	"destructive_actions": "array",
 	"sensitive_changes_scope": "string",
-	"approval_required_actions": "array",
+	"approval_required_facts": "array",
 	"workload_kinds": "array",
 	"freeze_windows": "array",
-	"freeze_exempt_actions": "array",
+	"freeze_exempt_facts": "array",
 	"business_hours": "object",
-	"apply_manifest_allowed_kinds": "array",
+	"manifest_allowed_kinds": "array",
 	"max_concurrent_per_namespace": "number",
 	"emergency_override_annotation": "string",
 	"allow_bare_pod_deletion": "boolean",
@@ -50,7 +48,7 @@ _max_count := 1000000
 
 config_ok if {
 	is_object(config)
-	count(config) == 23
+	count(config) == 21
 }
 
 # --- validation -------------------------------------------------------------
@@ -110,8 +108,8 @@ config_errors contains msg if {
 }
 
 _list_keys := {
-	"protected_namespaces", "trusted_namespaces", "control_plane_labels", "destructive_actions",
-	"approval_required_actions", "workload_kinds", "freeze_exempt_actions", "apply_manifest_allowed_kinds",
+	"protected_namespaces", "control_plane_labels", "approval_required_facts",
+	"workload_kinds", "freeze_exempt_facts", "manifest_allowed_kinds",
 }
 
 config_errors contains msg if {

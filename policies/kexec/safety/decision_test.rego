@@ -133,6 +133,52 @@ test_config_not_an_object_denied if {
 	d.allow == false
 }
 
+# --- facts, not names ---------------------------------------------------------------------
+
+_rules(d) := sort({v.rule | some v in d.violations})
+
+# An action the policy has never heard of is decided on its facts: renamed, a
+# fixture's action gets the same decision.
+test_a_new_action_is_decided_on_its_facts if {
+	every name in ["control_plane_cordon_deny", "concurrent_drain_deny", "bare_pod_deny", "max_replicas_deny", "production_secret_approval"] {
+		c := data.testdata.cases[name]
+		inp := json.patch(_case_input(c), [
+			{"op": "replace", "path": "/execution/action", "value": "brand_new_action"},
+			{"op": "replace", "path": "/action/name", "value": "brand_new_action"},
+		])
+		d := safety.decision with input as inp with data.kexec.config as _case_config(c)
+		_rules(d) == c.expect.violations
+		d.approval_reasons == c.expect.approval_reasons
+	}
+}
+
+test_freeze_exemption_is_a_fact if {
+	c := data.testdata.cases.change_freeze_exempt_uncordon_allow
+	inp := json.patch(_case_input(c), [{"op": "replace", "path": "/action/restoresCapacity", "value": false}])
+	_rules(safety.decision) == ["change_freeze"] with input as inp with data.kexec.config as _case_config(c)
+}
+
+test_approval_required_for_a_fact if {
+	c := data.testdata.cases.non_production_destructive_no_approval
+	cfg := object.union(data.kexec.config, {"approval_required_facts": ["destructive"]})
+	d := safety.decision with input as _case_input(c) with data.kexec.config as cfg
+	d.approval_reasons == ["action_requires_approval"]
+}
+
+# The trusted namespaces are the controller's, from the input.
+test_trusted_namespaces_come_from_the_input if {
+	c := data.testdata.cases.namespace_scope_node_action_untrusted_deny
+	inp := json.patch(_case_input(c), [{"op": "add", "path": "/controller/trustedNamespaces/-", "value": "shop"}])
+	d := safety.decision with input as inp
+	d.allow == true
+}
+
+test_missing_facts_are_an_unknown_action if {
+	c := data.testdata.cases.protected_namespace_allow
+	inp := json.patch(_case_input(c), [{"op": "remove", "path": "/action"}])
+	_rules(safety.decision) == ["invalid_input", "unknown_action"] with input as inp
+}
+
 # --- per-fixture tests (one per fixture, named after it) ---------------------------------
 
 # approval

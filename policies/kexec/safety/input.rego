@@ -1,27 +1,11 @@
 # Accessors over the input document (schema: policies/README.md) and the
-# classification of the requested action. Missing optional fields read as
-# empty values; missing required fields are reported by input_errors, which
-# denies (an absent field must never make a deny rule silently undefined).
+# classification of the requested execution. The policy knows no action by
+# name: it decides on the facts the controller derives from the action
+# registry (input.action) and on the normalized change (input.change).
+# Missing optional fields read as empty values; missing required fields are
+# reported by input_errors, which denies (an absent field must never make a
+# deny rule silently undefined).
 package kexec.safety
-
-actions := {
-	"apply_manifest",
-	"cordon_node",
-	"delete_pod",
-	"drain_node",
-	"patch_deployment",
-	"rollback_deployment",
-	"rollout_restart",
-	"scale_deployment",
-	"uncordon_node",
-	"update_configmap",
-	"update_secret",
-}
-
-node_actions := {"cordon_node", "drain_node", "uncordon_node"}
-
-# Actions that take a node out of scheduling.
-node_removing_actions := {"cordon_node", "drain_node"}
 
 # Parity rule for this whole policy: never negate a call (or `in`) whose
 # argument may be undefined. OPA evaluates `not f(x.y)` as undefined when x.y
@@ -41,7 +25,30 @@ _object_at(x, path) := v if {
 	is_object(v)
 } else := {}
 
-params := _object_at(input, ["execution", "parameters"])
+# The action's facts (input.action) and the normalized change (input.change).
+facts := _object_at(input, ["action"])
+
+change := _object_at(input, ["change"])
+
+# What the action changes ("replicas", "evictsPods", ...).
+changes := c if {
+	c := facts.changes
+	is_array(c)
+} else := []
+
+# A fact holds: a boolean fact of the action is true, or it is one of its changes.
+has_fact(f) if facts[f] == true
+
+has_fact(f) if f in changes
+
+_known_action if input.action.name == input.execution.action
+
+_node_target if object.get(input, ["target", "kind"], "") == "Node"
+
+trusted_namespaces := t if {
+	t := input.controller.trustedNamespaces
+	is_array(t)
+} else := []
 
 execution_annotations := _object_at(input, ["execution", "annotations"])
 
@@ -51,28 +58,24 @@ namespace_labels := _object_at(input, ["namespace", "labels"])
 
 target_object := _object_at(input, ["target", "object"])
 
-manifest := _object_at(params, ["manifest"])
+# Labels the change sets on the target (a manifest's).
+change_labels := _object_at(change, ["labels"])
 
-manifest_labels := _object_at(manifest, ["metadata", "labels"])
-
-# Every namespace the execution touches: the target's, the parameters' and the
-# manifest's (they should agree; a disagreement must not dodge a rule).
+# Every namespace the execution touches: the target's and namespace.name (they
+# agree in well-formed input; a disagreement must not dodge a rule).
 target_namespaces contains ns if {
 	some ns in [
 		object.get(input, ["target", "namespace"], ""),
-		object.get(params, "namespace", ""),
-		object.get(manifest, ["metadata", "namespace"], ""),
 		object.get(input, ["namespace", "name"], ""),
 	]
 	is_string(ns)
 	ns != ""
 }
 
-# The node(s) a node action acts on (target.name and parameters.node agree in
-# well-formed input; both are considered).
+# The node the execution acts on, if its target is a node.
 target_node_names contains name if {
-	action in node_actions
-	some name in [object.get(input, ["target", "name"], ""), object.get(params, "node", "")]
+	_node_target
+	name := input.target.name
 	is_string(name)
 	name != ""
 }
@@ -95,42 +98,20 @@ current_replicas := r if {
 	is_number(r)
 }
 
-# Replica counts the execution asks for, whatever the action.
+# Replica counts the execution asks for, whatever the action (input.change.replicas).
 desired_replicas contains r if {
-	action == "scale_deployment"
-	r := params.replicas
+	r := change.replicas
+	r != null
 }
 
-desired_replicas contains r if {
-	action == "patch_deployment"
-	is_object(params.patch)
-	r := params.patch.spec.replicas
-}
-
-desired_replicas contains r if {
-	action == "patch_deployment"
-	is_array(params.patch)
-	some op in params.patch
-	is_object(op)
-	object.get(op, "op", "") in {"add", "replace"}
-	object.get(op, "path", "") == "/spec/replicas"
-	r := op.value
-}
-
-desired_replicas contains r if {
-	action == "apply_manifest"
-	manifest.kind in {"Deployment", "StatefulSet", "ReplicaSet"}
-	r := manifest.spec.replicas
-}
-
-# Scaling down, or to an unknown current size, counts as scaling down.
+# Asking for fewer replicas than now, or for any count when the current one is
+# unknown, counts as scaling down.
 scale_down if {
-	action == "scale_deployment"
+	count(desired_replicas) > 0
 	not current_replicas
 }
 
 scale_down if {
-	action == "scale_deployment"
 	some r in desired_replicas
 	is_number(r)
 	r < current_replicas
@@ -138,7 +119,7 @@ scale_down if {
 
 # --- classification -----------------------------------------------------------
 
-destructive if action in config.destructive_actions
+destructive if facts.destructive == true
 
 destructive if scale_down
 
@@ -148,61 +129,21 @@ production_namespace if {
 
 critical_workload if target_labels[config.critical_label_key] == config.critical_label_value
 
-critical_workload if {
-	action == "apply_manifest"
-	manifest_labels[config.critical_label_key] == config.critical_label_value
-}
+critical_workload if change_labels[config.critical_label_key] == config.critical_label_value
 
 emergency_override if execution_annotations[config.emergency_override_annotation] == "true"
 
-# JSON-patch paths that may change a container image: the containers lists and
-# anything above them.
-_image_path(path) if path in {"", "/spec", "/spec/template", "/spec/template/spec"}
-
-_image_path(path) if {
-	some prefix in [
-		"/spec/template/spec/containers",
-		"/spec/template/spec/initContainers",
-		"/spec/template/spec/ephemeralContainers",
-	]
-	startswith(path, prefix)
-}
-
-# patch_deployment whose patch may change an image. A patch that cannot be
-# inspected (neither object nor array) is assumed to.
-image_change if {
-	action == "patch_deployment"
-	is_object(params.patch)
-	walk(params.patch, [path, _])
-	count(path) > 0
-	path[count(path) - 1] == "image"
-}
+# The change may set container images (a patch that touches them, or one that
+# cannot be inspected: input.change.images), or applies a manifest of a
+# workload kind, which sets its images.
+image_change if change.images == true
 
 image_change if {
-	action == "patch_deployment"
-	is_array(params.patch)
-	some op in params.patch
-	is_object(op)
-	some key in ["path", "from"]
-	p := object.get(op, key, null)
-	is_string(p)
-	_image_path(p)
+	"manifest" in changes
+	input.target.kind in config.workload_kinds
 }
 
-image_change if {
-	action == "patch_deployment"
-	patch := object.get(params, "patch", null)
-	not is_object(patch)
-	not is_array(patch)
-}
-
-# Applying a workload manifest sets its images.
-image_change if {
-	action == "apply_manifest"
-	manifest.kind in config.workload_kinds
-}
-
-sensitive_change if action in {"update_configmap", "update_secret"}
+sensitive_change if facts.sensitive == true
 
 # --- time -----------------------------------------------------------------------
 
@@ -270,6 +211,18 @@ input_ok if {
 	is_string(input.execution.namespace)
 	is_string(input.execution.action)
 	is_object(input.execution.parameters)
+	is_object(input.action)
+	is_string(input.action.name)
+	is_string(input.action.targetKind)
+	is_boolean(input.action.clusterScoped)
+	is_boolean(input.action.destructive)
+	is_boolean(input.action.sensitive)
+	is_boolean(input.action.removesCapacity)
+	is_boolean(input.action.restoresCapacity)
+	is_array(input.action.changes)
+	is_boolean(input.change.images)
+	is_object(input.change.labels)
+	is_array(input.controller.trustedNamespaces)
 	is_string(input.target.kind)
 	is_string(input.target.namespace)
 	is_string(input.target.name)
@@ -291,20 +244,12 @@ input_ok if {
 		is_boolean(node.unschedulable)
 		is_boolean(node.controlPlane)
 	}
-	_action_parameters_ok
+	_replicas_ok
 }
 
-_action_parameters_ok if not action in {"scale_deployment", "apply_manifest"}
+_replicas_ok if object.get(change, "replicas", null) == null
 
-_action_parameters_ok if {
-	action == "scale_deployment"
-	_int_between(params.replicas, 0, _max_count)
-}
-
-_action_parameters_ok if {
-	action == "apply_manifest"
-	is_string(manifest.kind)
-}
+_replicas_ok if _int_between(change.replicas, 0, _max_count)
 
 _valid_node(node) if {
 	is_string(node.name)
@@ -344,9 +289,37 @@ input_errors contains msg if {
 }
 
 input_errors contains msg if {
-	some field, path in {"execution.parameters": ["execution", "parameters"], "cluster.activeExecutions": ["cluster", "activeExecutions"]}
+	some field, path in {
+		"execution.parameters": ["execution", "parameters"],
+		"cluster.activeExecutions": ["cluster", "activeExecutions"],
+		"action": ["action"],
+		"change.labels": ["change", "labels"],
+	}
 	not is_object(object.get(input, path, null))
 	msg := sprintf("input.%s must be an object", [field])
+}
+
+_action_facts_ok if {
+	is_string(input.action.name)
+	is_string(input.action.targetKind)
+	is_boolean(input.action.clusterScoped)
+	is_boolean(input.action.destructive)
+	is_boolean(input.action.sensitive)
+	is_boolean(input.action.removesCapacity)
+	is_boolean(input.action.restoresCapacity)
+	is_array(input.action.changes)
+}
+
+input_errors contains "input.action must be {name: string, targetKind: string, clusterScoped, destructive, sensitive, removesCapacity, restoresCapacity: bool, changes: list}" if {
+	not _action_facts_ok
+}
+
+input_errors contains "input.change.images must be a boolean" if {
+	not is_boolean(object.get(input, ["change", "images"], null))
+}
+
+input_errors contains "input.controller.trustedNamespaces must be a list" if {
+	not is_array(object.get(input, ["controller", "trustedNamespaces"], null))
 }
 
 input_errors contains msg if {
@@ -367,14 +340,6 @@ input_errors contains msg if {
 	msg := "input.cluster.nodes entries must be {name: string, ready: bool, unschedulable: bool, controlPlane: bool}"
 }
 
-input_errors contains msg if {
-	action == "scale_deployment"
-	not _int_between(object.get(params, "replicas", null), 0, _max_count)
-	msg := "parameters.replicas must be a non-negative integer"
-}
-
-input_errors contains msg if {
-	action == "apply_manifest"
-	not is_string(object.get(manifest, "kind", null))
-	msg := "parameters.manifest must be an object with a kind"
+input_errors contains "input.change.replicas must be null or a non-negative integer" if {
+	not _replicas_ok
 }

@@ -27,8 +27,10 @@ _config_messages := config_errors if count(config_errors) > 0
 
 else := {"data.kexec.config is invalid"}
 
+# input.action carries the facts of the requested action (from the controller's
+# action registry); an action without them is unknown.
 violation contains {"rule": "unknown_action", "message": msg} if {
-	not action in actions
+	not _known_action
 	msg := sprintf("unknown action %s", [printable(action)])
 }
 
@@ -40,18 +42,24 @@ violation contains {"rule": "protected_namespace", "message": msg} if {
 	msg := sprintf("namespace %s is protected", [printable(ns)])
 }
 
-_trusted_requester if input.execution.namespace in config.trusted_namespaces
+# The trusted namespaces are the controller's (input.controller.trustedNamespaces).
+_trusted_requester if input.execution.namespace in trusted_namespaces
+
+_cluster_scoped if facts.clusterScoped == true
+
+_cluster_scoped if object.get(input, ["target", "namespace"], "") == ""
 
 violation contains {"rule": "namespace_scope", "message": msg} if {
 	not _trusted_requester
-	action in node_actions
+	_cluster_scoped
+	_node_target
 	msg := sprintf("node actions may only be requested from a trusted namespace, not %s", [printable(input.execution.namespace)])
 }
 
 violation contains {"rule": "namespace_scope", "message": msg} if {
 	not _trusted_requester
-	not action in node_actions
-	object.get(input, ["target", "namespace"], "") == ""
+	_cluster_scoped
+	not _node_target
 	msg := sprintf("cluster-scoped targets may only be changed from a trusted namespace, not %s", [printable(input.execution.namespace)])
 }
 
@@ -111,7 +119,7 @@ _owner_references := refs if {
 } else := []
 
 violation contains {"rule": "bare_pod", "message": msg} if {
-	action == "delete_pod"
+	"deletesPod" in changes
 	not config.allow_bare_pod_deletion
 	count(_owner_references) == 0
 	msg := sprintf("pod %s has no owner and would not be recreated", [printable(input.target.name)])
@@ -136,7 +144,7 @@ _control_plane_node if {
 }
 
 violation contains {"rule": "control_plane_node", "message": msg} if {
-	action in node_removing_actions
+	facts.removesCapacity == true
 	_control_plane_node
 	msg := sprintf("%s of control-plane node %s is not allowed", [action, printable(input.target.name)])
 }
@@ -160,7 +168,7 @@ _counts_toward_capacity(node) if {
 schedulable_nodes_after := count([node | some node in _nodes; _counts_toward_capacity(node)])
 
 violation contains {"rule": "min_schedulable_nodes", "message": msg} if {
-	action in node_removing_actions
+	facts.removesCapacity == true
 	is_number(config.min_ready_schedulable_nodes)
 	schedulable_nodes_after < config.min_ready_schedulable_nodes
 	msg := sprintf(
@@ -183,7 +191,7 @@ _other_unschedulable_nodes := sort([printable(node.name) |
 ])
 
 violation contains {"rule": "concurrent_drain", "message": msg} if {
-	action == "drain_node"
+	"evictsPods" in changes
 	is_number(config.max_other_unschedulable_nodes_for_drain)
 	count(_other_unschedulable_nodes) > config.max_other_unschedulable_nodes_for_drain
 	msg := sprintf("other nodes are unschedulable (cordoned or draining): %v", [_other_unschedulable_nodes])
@@ -191,23 +199,30 @@ violation contains {"rule": "concurrent_drain", "message": msg} if {
 
 # --- manifests ------------------------------------------------------------------
 
-_manifest_kinds contains manifest.kind
+# The kind of an applied manifest is the target's kind ("" when it has none).
+_manifest_kind := k if {
+	k := input.target.kind
+	is_string(k)
+} else := ""
 
-_manifest_kinds contains input.target.kind
-
-_manifest_kinds contains "" if not is_string(object.get(manifest, "kind", null))
+_manifest_kind_allowed if _manifest_kind in config.manifest_allowed_kinds
 
 violation contains {"rule": "manifest_kind_not_allowed", "message": msg} if {
-	action == "apply_manifest"
-	some kind in _manifest_kinds
-	not kind in config.apply_manifest_allowed_kinds
-	msg := sprintf("apply_manifest of kind %s is not allowed", [printable(kind)])
+	"manifest" in changes
+	not _manifest_kind_allowed
+	msg := sprintf("%s of kind %s is not allowed", [printable(action), printable(_manifest_kind)])
 }
 
 # --- time windows -----------------------------------------------------------------
 
+# Actions with one of the freeze_exempt_facts (e.g. restoresCapacity) are exempt.
+_freeze_exempt if {
+	some f in config.freeze_exempt_facts
+	has_fact(f)
+}
+
 _time_violation contains {"rule": "change_freeze", "message": msg} if {
-	not action in config.freeze_exempt_actions
+	not _freeze_exempt
 	some w in config.freeze_windows
 	_valid_window(w)
 	in_window(w)
@@ -262,4 +277,7 @@ approval contains "image_change" if {
 	_sensitive_scope
 }
 
-approval contains "action_requires_approval" if action in config.approval_required_actions
+approval contains "action_requires_approval" if {
+	some f in config.approval_required_facts
+	has_fact(f)
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,11 @@ def _visible(obj: Any) -> Any:
     return obj
 
 
+def change_facts(action: Action[Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """input.change: what the execution asks for, whatever the action (fixed shape)."""
+    return {"replicas": None, "images": False, "labels": {}, **action.policy_change(parameters)}
+
+
 def build_policy_input(
     ex: Execution,
     spec: ExecutionSpec,
@@ -28,16 +34,23 @@ def build_policy_input(
     facts: dict[str, Any],
     active_by_namespace: dict[str, int],
     now: datetime,
+    trusted_namespaces: Iterable[str] = (),
 ) -> dict[str, Any]:
+    """The policy input; ``trusted_namespaces`` are the controller's (settings), the only
+    namespaces whose executions may act on other namespaces or cluster-scoped targets."""
     target = action.target(params)
     obj = snap.get("target")
     m = meta(obj)
+    parameters = action.to_dict(params)
     return {
+        "action": action.policy_facts(),
+        "change": change_facts(action, parameters),
+        "controller": {"trustedNamespaces": sorted(set(trusted_namespaces))},
         "execution": {
             "name": ex.name,
             "namespace": ex.namespace,
             "action": action.name,
-            "parameters": action.to_dict(params),
+            "parameters": parameters,
             "labels": dict(ex.labels),
             "annotations": dict(ex.annotations),
             "dryRun": spec.dry_run,

@@ -126,7 +126,7 @@ class ValidationStep(StepBase):
         spec = parse_spec(ex.spec)[0]
         facts = await self.cluster.cluster_facts(action.target(params).namespace)
         doc = build_policy_input(ex, spec, action, params, snap, facts,
-                                 _active_by_namespace(others, ex), now)
+                                 _active_by_namespace(others, ex), now, self.settings.trusted)
         try:
             return await self.policy.decide(doc)
         except PolicyUnavailable as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.errors import FieldError
@@ -40,6 +41,37 @@ def format_duration(seconds: int) -> str:
     if seconds % 60 == 0:
         return f"{seconds // 60}m"
     return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter, as data: the one statement of its rules.
+
+    Action.parse checks values by it (Fields.param), the CRD schema is generated from
+    it, `kexec actions` prints it.
+
+    type: "label" (DNS-1123 label), "name" (DNS-1123 subdomain), "integer", "boolean",
+    "enum", "object", "patch" (object or array), "stringmap" (string or null values),
+    "ref" ({name}).
+    """
+
+    name: str
+    type: str
+    description: str = ""
+    required: bool = True
+    minimum: int | None = None
+    maximum: int | None = None
+    enum: tuple[str, ...] = ()
+    default: Any = None
+
+    def constraint(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f"{self.minimum}-{self.maximum}"
+        if self.minimum is not None:
+            return f">= {self.minimum}"
+        if self.enum:
+            return " | ".join(self.enum)
+        return {"label": "DNS-1123 label", "name": "DNS-1123 subdomain"}.get(self.type, "")
 
 
 class Fields:
@@ -129,6 +161,33 @@ class Fields:
 
     def any(self, name: str) -> Any:
         return self._get(name, True)
+
+    def param(self, p: Param) -> Any:
+        """The value of parameter ``p``, checked as it declares (an error appended if not)."""
+        if p.type in ("label", "name"):
+            return self.name(p.name, label=p.type == "label", required=p.required)
+        if p.type == "integer":
+            lo = 0 if p.minimum is None else p.minimum
+            hi = 2**63 - 1 if p.maximum is None else p.maximum
+            if p.required:
+                return self.integer(p.name, lo, hi)
+            if p.default is None:
+                return self.optional_integer(p.name, lo, hi)
+            return self.integer(p.name, lo, hi, default=p.default)
+        if p.type == "boolean":
+            return self.boolean(p.name, bool(p.default))
+        if p.type == "enum":
+            return self.choice(p.name, p.enum, default=None if p.required else p.default)
+        if p.type in ("object", "stringmap"):
+            return self.mapping(p.name, required=p.required)
+        if p.type == "ref":
+            ref = self.sub(p.name)
+            name = ref.name("name")
+            ref.reject_unknown()
+            return name
+        if p.type == "patch":
+            return self.any(p.name)
+        raise ValueError(f"parameter {p.name}: unknown type {p.type!r}")
 
     def sub(self, name: str) -> Fields:
         self._seen.add(name)

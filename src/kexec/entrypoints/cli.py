@@ -197,6 +197,7 @@ def policy_eval(file: str, target_file: str | None, labels: tuple[str, ...], nod
     from kexec.adapters.policy.bundle import load_policy_dir
     from kexec.adapters.policy.embedded import EmbeddedPolicy
     from kexec.application.policy_input import build_policy_input
+    from kexec.application.settings import Settings
     from kexec.domain.execution import Execution
 
     docs = _load_documents(file)
@@ -218,7 +219,7 @@ def policy_eval(file: str, target_file: str | None, labels: tuple[str, ...], nod
                         "controlPlane": False} for i in range(nodes)]}
     engine = EmbeddedPolicy(load_policy_dir(policy_dir) if policy_dir else None)
     document = build_policy_input(ex, spec, action, params, {"target": target}, facts, {},
-                                  datetime.now(UTC))
+                                  datetime.now(UTC), Settings().trusted_namespaces)
     decision = engine.decide_blocking(document)
     engine.close()
     if output == "json":

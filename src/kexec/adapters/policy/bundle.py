@@ -19,6 +19,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from kexec.application.policy_input import change_facts
+from kexec.domain.actions import ACTIONS
+
 #: The decision document every engine is asked for.
 DECISION_PACKAGE = "kexec.safety"
 DECISION_RULE = "decision"
@@ -164,12 +167,17 @@ def smoke_input() -> dict[str, Any]:
     Used to smoke-test a candidate policy set: it must produce a well-formed
     decision document.
     """
+    action = ACTIONS["scale_deployment"]
+    parameters = {"namespace": "default", "deployment": "smoke", "replicas": 2}
     return {
+        "action": action.policy_facts(),
+        "change": change_facts(action, parameters),
+        "controller": {"trustedNamespaces": ["kubernaut-system"]},
         "execution": {
             "name": "kexec-policy-smoke",
             "namespace": "default",
             "action": "scale_deployment",
-            "parameters": {"namespace": "default", "deployment": "smoke", "replicas": 2},
+            "parameters": parameters,
             "labels": {},
             "annotations": {},
             "dryRun": True,

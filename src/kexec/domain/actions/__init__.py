@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kexec.domain.actions.apply_manifest import ApplyManifest
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
+from kexec.domain.actions.base import Action, Context, RollbackSpec
 from kexec.domain.actions.cordon_node import CordonNode
 from kexec.domain.actions.delete_pod import DeletePod
 from kexec.domain.actions.drain_node import DrainNode
@@ -16,6 +16,7 @@ from kexec.domain.actions.scale_deployment import ScaleDeployment
 from kexec.domain.actions.uncordon_node import UncordonNode
 from kexec.domain.actions.update_configmap import UpdateConfigMap
 from kexec.domain.actions.update_secret import UpdateSecret
+from kexec.domain.fields import Param
 
 ACTIONS: dict[str, Action[Any]] = {
     a.name: a

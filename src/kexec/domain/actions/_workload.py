@@ -49,6 +49,11 @@ def rollout_complete(obj: Any, want_replicas: int | None = None) -> Check:
     return Check("RolloutComplete", ok, msg)
 
 
+def replica_count(value: Any) -> int | float | None:
+    """A replica count a change asks for, if it is a number at all (the API rejects the rest)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def node_summary(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         return {}

@@ -5,9 +5,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
+from kexec.domain.actions._workload import replica_count
+from kexec.domain.actions.base import Action, Context, RollbackSpec
 from kexec.domain.errors import FieldError
-from kexec.domain.fields import Fields, is_dns1123_label, is_dns1123_subdomain
+from kexec.domain.fields import Fields, Param, is_dns1123_label, is_dns1123_subdomain
 from kexec.domain.resources import (
     KINDS,
     Check,
@@ -30,6 +31,7 @@ ALLOWED_KINDS: tuple[str, ...] = (
     "PodDisruptionBudget",
     "Service",
 )
+_SCALABLE = ("Deployment", "StatefulSet", "ReplicaSet")
 _SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
                   "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
 
@@ -72,6 +74,9 @@ class ManifestParams:
 class ApplyManifest(Action[ManifestParams]):
     name = "apply_manifest"
     key = "applyManifest"
+    target_kind = ""  # the manifest's kind
+    effects = ("manifest",)
+    destructive = True
     description = "Server-side apply one object of an allow-listed kind (or delete it)."
     default_timeout_seconds = 300
     params_doc = (
@@ -86,9 +91,8 @@ class ApplyManifest(Action[ManifestParams]):
         info = KINDS[params.kind]
         return (Rule((info.group,), (info.plural,), ("get", "create", "patch", "delete")),)
 
-    def _parse(self, f: Fields) -> ManifestParams:
-        manifest = f.mapping("manifest")
-        delete = f.boolean("delete", False)
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> ManifestParams:
+        manifest, delete = v["manifest"], v["delete"]
         path = f"{f.path}.manifest"
         if manifest:
             kind = manifest.get("kind")
@@ -111,6 +115,16 @@ class ApplyManifest(Action[ManifestParams]):
                     if key in m:
                         f.errors.append(FieldError(f"{path}.metadata.{key}", "must not be set"))
         return ManifestParams(dict(manifest), delete)
+
+    def policy_change(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        manifest = parameters.get("manifest")
+        if not isinstance(manifest, Mapping):
+            return {}
+        spec, m = manifest.get("spec"), manifest.get("metadata")
+        replicas = (replica_count(spec.get("replicas"))
+                    if manifest.get("kind") in _SCALABLE and isinstance(spec, Mapping) else None)
+        labels = m.get("labels") if isinstance(m, Mapping) else None
+        return {"replicas": replicas, "labels": dict(labels) if isinstance(labels, Mapping) else {}}
 
     def to_dict(self, p: ManifestParams) -> dict[str, Any]:
         out: dict[str, Any] = {"manifest": dict(p.manifest)}

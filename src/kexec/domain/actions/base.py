@@ -14,38 +14,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from kexec.domain.errors import FieldError, ValidationError
-from kexec.domain.fields import Fields
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Change, Check, Get, Mutation, ObjectRef, Read, Rule, Snapshot
 
 P = TypeVar("P")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter, as data: `kexec actions` prints it, the CRD schema is generated from it.
-
-    type: "label" (DNS-1123 label), "name" (DNS-1123 subdomain), "integer", "boolean",
-    "enum", "object", "patch" (object or array), "stringmap" (string or null values),
-    "ref" ({name}).
-    """
-
-    name: str
-    type: str
-    description: str = ""
-    required: bool = True
-    minimum: int | None = None
-    maximum: int | None = None
-    enum: tuple[str, ...] = ()
-    default: Any = None
-
-    def constraint(self) -> str:
-        if self.minimum is not None and self.maximum is not None:
-            return f"{self.minimum}-{self.maximum}"
-        if self.minimum is not None:
-            return f">= {self.minimum}"
-        if self.enum:
-            return " | ".join(self.enum)
-        return {"label": "DNS-1123 label", "name": "DNS-1123 subdomain"}.get(self.type, "")
 
 
 @dataclass(frozen=True)
@@ -89,22 +61,42 @@ class Action(ABC, Generic[P]):
     rules: ClassVar[tuple[Rule, ...]]
     params_doc: ClassVar[tuple[Param, ...]]
     node_action: ClassVar[bool] = False
-    # Kinds whose values must never be recorded (update_secret).
+
+    # --- facts the safety policy decides on (policy_facts; never the action's name) ----
+    # The kind of the target; "" when the parameters name it (a manifest).
+    target_kind: ClassVar[str]
+    # What it changes: "replicas", "podTemplate", "deploymentSpec", "deletesPod",
+    # "nodeSchedulability", "evictsPods", "configData", "secretData", "manifest", ...
+    effects: ClassVar[tuple[str, ...]]
+    # Disrupts running workloads whatever its parameters (scaling down is judged per execution).
+    destructive: ClassVar[bool] = False
+    # Changes configuration or credentials that workloads read.
     sensitive: ClassVar[bool] = False
+    # Takes a node out of scheduling / puts one back.
+    removes_capacity: ClassVar[bool] = False
+    restores_capacity: ClassVar[bool] = False
 
     # --- parameters -----------------------------------------------------------------
     def parse(self, raw: Any) -> P:
-        """Validate raw camelCase parameters; raise ValidationError naming every bad field."""
+        """Validate raw camelCase parameters; raise ValidationError naming every bad field.
+
+        Each parameter is read and checked by its declaration in ``params_doc`` (type,
+        range, required, default: the one statement of those rules, which the CRD
+        schema is generated from too); ``_parse`` adds the action's own checks.
+        """
         errors: list[FieldError] = []
         fields = Fields(raw, f"spec.parameters.{self.key}", errors)
-        params = self._parse(fields)
+        values = {p.name: fields.param(p) for p in self.params_doc}
+        params = self._parse(values, fields)
         fields.reject_unknown()
         if errors:
             raise ValidationError(errors)
         return params
 
     @abstractmethod
-    def _parse(self, f: Fields) -> P: ...
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> P:
+        """The parameters from their checked values ``v`` (by camelCase name); further
+        checks append to ``f.errors``."""
 
     @abstractmethod
     def to_dict(self, params: P) -> dict[str, Any]:
@@ -176,6 +168,27 @@ class Action(ABC, Generic[P]):
             return {"generation": str(m["generation"])}
         return {"resourceVersion": str(m.get("resourceVersion", ""))}
 
+    # --- policy facts ---------------------------------------------------------------------
+    @classmethod
+    def policy_facts(cls) -> dict[str, Any]:
+        """The action as the policy sees it (input.action, policies/README.md)."""
+        return {
+            "name": cls.name,
+            "targetKind": cls.target_kind,
+            "clusterScoped": cls.node_action,
+            "destructive": cls.destructive,
+            "sensitive": cls.sensitive,
+            "removesCapacity": cls.removes_capacity,
+            "restoresCapacity": cls.restores_capacity,
+            "changes": list(cls.effects),
+        }
+
+    def policy_change(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """What this execution asks for, normalized (input.change), from its camelCase
+        parameters: "replicas" (the replica count it sets), "images" (it may set container
+        images), "labels" (labels it sets on the target). Tolerates malformed parameters."""
+        return {}
+
     # --- helpers ------------------------------------------------------------------------
     def _exists(self, snap: Snapshot) -> Check:
         found = snap.get("target") is not None
@@ -189,5 +202,6 @@ class Action(ABC, Generic[P]):
             "rules": [r.to_k8s() for r in cls.rules],
             "timeoutSeconds": cls.default_timeout_seconds,
             "nodeAction": cls.node_action,
+            "policyFacts": cls.policy_facts(),
             "description": cls.description,
         }

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions._workload import is_unschedulable, node_summary
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
-from kexec.domain.fields import Fields
+from kexec.domain.actions.base import Action, Context, RollbackSpec
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Check, Mutation, ObjectRef, Patch, Rule, Snapshot
 
 NODE_RULES = (Rule(("",), ("nodes",), ("get", "patch")),)
@@ -23,12 +23,14 @@ class _SetSchedulable(Action[NodeParams]):
     unschedulable: bool
     inverse: str
     node_action = True
+    target_kind = "Node"
+    effects = ("nodeSchedulability",)
     default_timeout_seconds = 30
     params_doc = (Param("node", "name", "Node name"),)
     rules = NODE_RULES
 
-    def _parse(self, f: Fields) -> NodeParams:
-        return NodeParams(f.name("node"))
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> NodeParams:
+        return NodeParams(v["node"])
 
     def to_dict(self, p: NodeParams) -> dict[str, Any]:
         return {"node": p.node}
@@ -62,3 +64,5 @@ class CordonNode(_SetSchedulable):
     description = "Mark a Node unschedulable."
     unschedulable = True
     inverse = "uncordon_node"
+    destructive = True
+    removes_capacity = True

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions._workload import controller_of
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
-from kexec.domain.fields import Fields
+from kexec.domain.actions.base import Action, Context, RollbackSpec
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Check, Delete, Mutation, ObjectRef, Rule, Snapshot, dig, meta
 
 
@@ -20,6 +20,9 @@ class DeletePodParams:
 class DeletePod(Action[DeletePodParams]):
     name = "delete_pod"
     key = "deletePod"
+    target_kind = "Pod"
+    effects = ("deletesPod",)
+    destructive = True
     description = "Delete one Pod that has a controller (its owner recreates it)."
     default_timeout_seconds = 120
     params_doc = (
@@ -30,10 +33,8 @@ class DeletePod(Action[DeletePodParams]):
     )
     rules = (Rule(("",), ("pods",), ("get", "delete")),)
 
-    def _parse(self, f: Fields) -> DeletePodParams:
-        return DeletePodParams(
-            f.namespace(), f.name("pod"), f.optional_integer("gracePeriodSeconds", 0, 3600)
-        )
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> DeletePodParams:
+        return DeletePodParams(v["namespace"], v["pod"], v["gracePeriodSeconds"])
 
     def to_dict(self, p: DeletePodParams) -> dict[str, Any]:
         out: dict[str, Any] = {"namespace": p.namespace, "pod": p.pod}

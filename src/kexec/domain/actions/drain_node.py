@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions._workload import controller_of, is_unschedulable, node_summary
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
-from kexec.domain.fields import Fields
+from kexec.domain.actions.base import Action, Context, RollbackSpec
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import (
     Check,
     Evict,
@@ -44,6 +44,10 @@ class DrainNode(Action[DrainParams]):
 
     name = "drain_node"
     key = "drainNode"
+    target_kind = "Node"
+    effects = ("nodeSchedulability", "evictsPods")
+    destructive = True
+    removes_capacity = True
     description = "Cordon a Node and evict its pods through the Eviction API (PDBs honoured)."
     default_timeout_seconds = 900
     node_action = True
@@ -64,14 +68,9 @@ class DrainNode(Action[DrainParams]):
         Rule(("",), ("pods/eviction",), ("create",)),
     )
 
-    def _parse(self, f: Fields) -> DrainParams:
-        return DrainParams(
-            f.name("node"),
-            f.optional_integer("gracePeriodSeconds", 0, 3600),
-            f.boolean("ignoreDaemonSets", True),
-            f.boolean("deleteEmptyDirData", False),
-            f.boolean("force", False),
-        )
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> DrainParams:
+        return DrainParams(v["node"], v["gracePeriodSeconds"], v["ignoreDaemonSets"],
+                           v["deleteEmptyDirData"], v["force"])
 
     def to_dict(self, p: DrainParams) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -4,10 +4,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from kexec.domain.actions._workload import deployment_summary, rollout_complete
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
+from kexec.domain.actions._workload import deployment_summary, replica_count, rollout_complete
+from kexec.domain.actions.base import Action, Context, RollbackSpec
 from kexec.domain.errors import FieldError
-from kexec.domain.fields import Fields
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import (
     Check,
     Mutation,
@@ -56,6 +56,39 @@ def forbidden(paths: list[str]) -> list[str]:
             bad.append(path or "/")
     return bad
 
+# JSON-patch paths that may change a container image: the containers lists and anything above.
+_IMAGE_PARENTS = ("", "/spec", "/spec/template", "/spec/template/spec")
+_CONTAINER_LISTS = ("/spec/template/spec/containers", "/spec/template/spec/initContainers",
+                    "/spec/template/spec/ephemeralContainers")
+
+
+def _has_image_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "image" in value or any(_has_image_key(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_image_key(v) for v in value)
+    return False
+
+
+def _image_path(path: Any) -> bool:
+    return isinstance(path, str) and (path in _IMAGE_PARENTS or path.startswith(_CONTAINER_LISTS))
+
+
+def patch_change(patch: Any) -> dict[str, Any]:
+    """The replica count a patch sets and whether it may set an image (a patch that is
+    neither an object nor a list cannot be inspected: it may)."""
+    if isinstance(patch, dict):
+        spec = patch.get("spec")
+        return {"replicas": replica_count(spec.get("replicas")) if isinstance(spec, dict) else None,
+                "images": _has_image_key(patch)}
+    if isinstance(patch, list):
+        ops = [op for op in patch if isinstance(op, dict)]
+        counts = [replica_count(op.get("value")) for op in ops
+                  if op.get("op") in ("add", "replace") and op.get("path") == "/spec/replicas"]
+        return {"replicas": counts[-1] if counts else None,
+                "images": any(_image_path(op.get(k)) for op in ops for k in ("path", "from"))}
+    return {"replicas": None, "images": True}
+
 
 @dataclass(frozen=True)
 class PatchDeploymentParams:
@@ -68,6 +101,9 @@ class PatchDeploymentParams:
 class PatchDeployment(Action[PatchDeploymentParams]):
     name = "patch_deployment"
     key = "patchDeployment"
+    target_kind = "Deployment"
+    effects = ("deploymentSpec", "replicas", "podTemplate")
+    destructive = True
     description = "Patch a Deployment's spec (strategic, merge or JSON patch)."
     default_timeout_seconds = 300
     params_doc = (
@@ -78,9 +114,8 @@ class PatchDeployment(Action[PatchDeploymentParams]):
     )
     rules = (Rule(("apps",), ("deployments",), ("get", "patch")),)
 
-    def _parse(self, f: Fields) -> PatchDeploymentParams:
-        patch_type = f.choice("patchType", PATCH_TYPES)
-        patch = f.any("patch")
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> PatchDeploymentParams:
+        patch_type, patch = v["patchType"], v["patch"]
         path = f"{f.path}.patch"
         if patch is not None:
             if patch_type == "json":
@@ -103,8 +138,11 @@ class PatchDeployment(Action[PatchDeploymentParams]):
                     for bad in forbidden(_object_paths(patch)):
                         dotted = bad.replace("/", ".").replace("~1", "/").replace("~0", "~")
                         f.errors.append(FieldError(f"{path}{dotted}", "may not be patched"))
-        return PatchDeploymentParams(f.namespace(), f.name("deployment"),
+        return PatchDeploymentParams(v["namespace"], v["deployment"],
                                      cast(PatchType, patch_type or "merge"), patch)
+
+    def policy_change(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        return patch_change(parameters.get("patch"))
 
     def to_dict(self, p: PatchDeploymentParams) -> dict[str, Any]:
         return {

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions._workload import REVISION, deployment_summary, rollout_complete
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
-from kexec.domain.fields import Fields
+from kexec.domain.actions.base import Action, Context, RollbackSpec
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import (
     Check,
     Get,
@@ -59,6 +59,9 @@ def pod_template(rs: dict[str, Any]) -> dict[str, Any]:
 class RollbackDeployment(Action[RollbackParams]):
     name = "rollback_deployment"
     key = "rollbackDeployment"
+    target_kind = "Deployment"
+    effects = ("podTemplate",)
+    destructive = True
     description = "Roll a Deployment back to an earlier revision (`kubectl rollout undo`)."
     default_timeout_seconds = 300
     params_doc = (
@@ -72,9 +75,8 @@ class RollbackDeployment(Action[RollbackParams]):
         Rule(("apps",), ("replicasets",), ("get", "list")),
     )
 
-    def _parse(self, f: Fields) -> RollbackParams:
-        return RollbackParams(f.namespace(), f.name("deployment"),
-                              f.integer("toRevision", 0, 2**31 - 1, default=0))
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> RollbackParams:
+        return RollbackParams(v["namespace"], v["deployment"], v["toRevision"])
 
     def to_dict(self, p: RollbackParams) -> dict[str, Any]:
         return {"namespace": p.namespace, "deployment": p.deployment, "toRevision": p.to_revision}

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions._workload import deployment_summary, rollout_complete
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
-from kexec.domain.fields import Fields
+from kexec.domain.actions.base import Action, Context, RollbackSpec
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Check, Mutation, ObjectRef, Patch, Rule, Snapshot, dig
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -22,6 +22,9 @@ class RestartParams:
 class RolloutRestart(Action[RestartParams]):
     name = "rollout_restart"
     key = "rolloutRestart"
+    target_kind = "Deployment"
+    effects = ("podTemplate",)
+    destructive = True
     description = "Restart a Deployment's pods like `kubectl rollout restart`."
     default_timeout_seconds = 300
     params_doc = (
@@ -30,8 +33,8 @@ class RolloutRestart(Action[RestartParams]):
     )
     rules = (Rule(("apps",), ("deployments",), ("get", "patch")),)
 
-    def _parse(self, f: Fields) -> RestartParams:
-        return RestartParams(f.namespace(), f.name("deployment"))
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> RestartParams:
+        return RestartParams(v["namespace"], v["deployment"])
 
     def to_dict(self, p: RestartParams) -> dict[str, Any]:
         return {"namespace": p.namespace, "deployment": p.deployment}

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.domain.actions._workload import deployment_summary, rollout_complete
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
-from kexec.domain.fields import Fields
+from kexec.domain.actions.base import Action, Context, RollbackSpec
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Check, Mutation, ObjectRef, Patch, Rule, Snapshot, dig
 
 
@@ -20,6 +20,8 @@ class ScaleParams:
 class ScaleDeployment(Action[ScaleParams]):
     name = "scale_deployment"
     key = "scaleDeployment"
+    target_kind = "Deployment"
+    effects = ("replicas",)
     description = "Set a Deployment's replicas through the scale subresource."
     default_timeout_seconds = 120
     params_doc = (
@@ -32,11 +34,14 @@ class ScaleDeployment(Action[ScaleParams]):
         Rule(("apps",), ("deployments/scale",), ("get", "update", "patch")),
     )
 
-    def _parse(self, f: Fields) -> ScaleParams:
-        return ScaleParams(f.namespace(), f.name("deployment"), f.integer("replicas", 0, 1000))
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> ScaleParams:
+        return ScaleParams(v["namespace"], v["deployment"], v["replicas"])
 
     def to_dict(self, p: ScaleParams) -> dict[str, Any]:
         return {"namespace": p.namespace, "deployment": p.deployment, "replicas": p.replicas}
+
+    def policy_change(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        return {"replicas": parameters.get("replicas")}
 
     def target(self, p: ScaleParams) -> ObjectRef:
         return ObjectRef("Deployment", p.namespace, p.deployment)

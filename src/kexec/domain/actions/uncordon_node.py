@@ -9,3 +9,4 @@ class UncordonNode(_SetSchedulable):
     description = "Mark a Node schedulable again."
     unschedulable = False
     inverse = "cordon_node"
+    restores_capacity = True

@@ -4,9 +4,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
+from kexec.domain.actions.base import Action, Context, RollbackSpec
 from kexec.domain.errors import FieldError
-from kexec.domain.fields import Fields
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Check, Mutation, ObjectRef, Patch, Rule, Snapshot, meta
 
 _KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -27,6 +27,9 @@ class ConfigMapParams:
 class UpdateConfigMap(Action[ConfigMapParams]):
     name = "update_configmap"
     key = "updateConfigMap"
+    target_kind = "ConfigMap"
+    effects = ("configData",)
+    sensitive = True
     description = "Set (or, with null, remove) keys of a ConfigMap's data."
     default_timeout_seconds = 60
     params_doc = (
@@ -36,17 +39,17 @@ class UpdateConfigMap(Action[ConfigMapParams]):
     )
     rules = (Rule(("",), ("configmaps",), ("get", "patch", "update")),)
 
-    def _parse(self, f: Fields) -> ConfigMapParams:
-        data = f.mapping("data")
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> ConfigMapParams:
+        data = v["data"]
         path = f"{f.path}.data"
         if "data" in f.raw and not data:
             f.errors.append(FieldError(path, "must have at least one key"))
-        for k, v in data.items():
+        for k, value in data.items():
             if not isinstance(k, str) or not valid_data_key(k):
                 f.errors.append(FieldError(f"{path}.{k}", "invalid ConfigMap key"))
-            elif v is not None and not isinstance(v, str):
+            elif value is not None and not isinstance(value, str):
                 f.errors.append(FieldError(f"{path}.{k}", "value must be a string or null"))
-        return ConfigMapParams(f.namespace(), f.name("configMap"), dict(data))
+        return ConfigMapParams(v["namespace"], v["configMap"], dict(data))
 
     def to_dict(self, p: ConfigMapParams) -> dict[str, Any]:
         return {"namespace": p.namespace, "configMap": p.config_map, "data": dict(p.data)}

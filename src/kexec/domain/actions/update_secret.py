@@ -4,8 +4,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kexec.domain.actions.base import Action, Context, Param, RollbackSpec
-from kexec.domain.fields import Fields
+from kexec.domain.actions.base import Action, Context, RollbackSpec
+from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import (
     Check,
     Create,
@@ -38,6 +38,8 @@ class UpdateSecret(Action[SecretParams]):
 
     name = "update_secret"
     key = "updateSecret"
+    target_kind = "Secret"
+    effects = ("secretData",)
     description = "Replace a Secret's data with the data of a source Secret (same namespace)."
     default_timeout_seconds = 60
     sensitive = True
@@ -49,12 +51,8 @@ class UpdateSecret(Action[SecretParams]):
     # create: the previous data is kept in a Secret owned by the execution.
     rules = (Rule(("",), ("secrets",), ("get", "patch", "update", "create")),)
 
-    def _parse(self, f: Fields) -> SecretParams:
-        ns, secret = f.namespace(), f.name("secret")
-        src = f.sub("sourceSecretRef")
-        source = src.name("name")
-        src.reject_unknown()
-        return SecretParams(ns, secret, source)
+    def _parse(self, v: Mapping[str, Any], f: Fields) -> SecretParams:
+        return SecretParams(v["namespace"], v["secret"], v["sourceSecretRef"])
 
     def to_dict(self, p: SecretParams) -> dict[str, Any]:
         return {"namespace": p.namespace, "secret": p.secret, "sourceSecretRef": {"name": p.source}}
