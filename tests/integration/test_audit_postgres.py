@@ -388,7 +388,7 @@ async def test_secret_values_never_reach_the_database(
     (tests/unit/world.py): the new values come from a source Secret holding a marker, the
     old values (another marker) go to a backup Secret. Every record the application sends
     is written to PostgreSQL; neither marker, plain or base64, is anywhere in the dump."""
-    from tests.unit.world import NS, World, b64
+    from tests.unit.world import NS, World, b64, wire
 
     new_marker = f"kexec-new-secret-{uuid.uuid4().hex}"
     old_marker = f"kexec-old-secret-{uuid.uuid4().hex}"
@@ -408,7 +408,7 @@ async def test_secret_values_never_reach_the_database(
     await w.create("update_secret", {"namespace": NS, "secret": "db-creds",
                                      "sourceSecretRef": {"name": "db-creds-next"}})  # fmt: skip
     ex = await w.drive()
-    assert ex.status["phase"] == "Completed", ex.status
+    assert wire(ex)["phase"] == "Completed", wire(ex)
     assert w.cluster.obj("Secret", NS, "db-creds")["data"]["password"] == b64(new_marker)
     # Every transition the application produced was sent (the number of record() calls is
     # an implementation detail: one status write can carry several transitions).
@@ -420,7 +420,7 @@ async def test_secret_values_never_reach_the_database(
     assert stored.record.action == "update_secret" and stored.transition_count == 6
 
     dump = await asyncio.to_thread(postgres_server.dump, pg_audit_dsn.rsplit("/", 1)[1])
-    backup = ex.status["rollback"]["parameters"]["sourceSecretRef"]["name"]
+    backup = wire(ex)["rollback"]["parameters"]["sourceSecretRef"]["name"]
     assert "db-creds-next" in dump and backup in dump  # the grep does see the rows
     for needle in (new_marker, old_marker, b64(new_marker), b64(old_marker)):
         assert needle not in dump
