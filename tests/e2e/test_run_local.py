@@ -86,6 +86,7 @@ def test_run_local_serves_an_execution_and_stops_cleanly(tmp_path: Path) -> None
         stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path)
     lines: queue.Queue[str] = queue.Queue()
     out: list[str] = []
+    stack: dict[int, str] = {}  # pid -> start time of every process the stack runs
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True).start()
 
     def output() -> str:
@@ -101,7 +102,7 @@ def test_run_local_serves_an_execution_and_stops_cleanly(tmp_path: Path) -> None
                 assert time.monotonic() - t0 < 240, f"no 'ready' after 240s:\n{output()}"
         dsn = re.search(r"audit DSN:\s+(\S+)", "".join(out))
         assert dsn, output()
-        stack = descendants(proc.pid)
+        stack.update(descendants(proc.pid))
         postmaster = postmaster_of(dsn.group(1))
         stack[postmaster] = start_time(postmaster) or ""
         config = yaml.safe_load((tmp_path / "kubeconfig").read_text())
@@ -141,16 +142,16 @@ def test_run_local_serves_an_execution_and_stops_cleanly(tmp_path: Path) -> None
         with pytest.raises(OSError), socket.create_connection((server.hostname, server.port), timeout=2):
             pass  # kube-apiserver's port is closed
         assert not (tmp_path / "kubeconfig").exists()  # it would point at a cluster that is gone
-    finally:
-        if proc.poll() is None:  # the test failed midway: tear down anyway, forcibly if need be
-            below = descendants(proc.pid)
+    finally:  # when the test failed midway: tear down anyway, forcibly if need be
+        if proc.poll() is None:
+            stack.update(descendants(proc.pid))
             proc.terminate()
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-                for pid, started in below.items():
-                    if start_time(pid) == started:
-                        os.kill(pid, signal.SIGKILL)
+        for pid, started in stack.items():
+            if start_time(pid) == started:
+                os.kill(pid, signal.SIGKILL)
         stderr.close()
