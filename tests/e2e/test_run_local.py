@@ -65,14 +65,14 @@ def descendants(root: int) -> dict[int, str]:
 
 
 def postmaster_of(dsn: str) -> int:
-    async def backend_pid() -> int:
+    async def parent_of_backend() -> int:
         conn = await asyncpg.connect(dsn)
-        try:
-            return int(await conn.fetchval("SELECT pg_backend_pid()"))
+        try:  # a backend's parent is the postmaster; read it while the backend lives
+            return parent_of(int(await conn.fetchval("SELECT pg_backend_pid()")))
         finally:
             await conn.close()
 
-    return parent_of(asyncio.run(backend_pid()))  # a backend's parent is the postmaster
+    return asyncio.run(parent_of_backend())
 
 
 def test_run_local_serves_an_execution_and_stops_cleanly(tmp_path: Path) -> None:
