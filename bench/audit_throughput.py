@@ -2,7 +2,7 @@
 
 Each execution is written the way the controller writes it: one ``record()`` call per
 phase transition, carrying the execution snapshot and the transition history so far.
-Runs against a throw-away server (tests/support/postgres.py) unless --dsn is given.
+Runs against a throw-away server (devstack/postgres.py) unless --dsn is given.
 
     .venv/bin/python bench/audit_throughput.py [--executions 2000] [--concurrency 1,10,50]
         [--pool 10] [--dsn postgresql://...]
@@ -21,16 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+from prometheus_client import CollectorRegistry
 
-from prometheus_client import CollectorRegistry  # noqa: E402
-
-from kexec.adapters.audit.outbox import OutboxAudit  # noqa: E402
-from kexec.adapters.audit.postgres import PostgresAudit, create_pool, migrate  # noqa: E402
-from kexec.application.ports.audit import AuditPort, ExecutionRecord, TransitionRecord  # noqa: E402
+from kexec.adapters.audit.outbox import OutboxAudit
+from kexec.adapters.audit.postgres import PostgresAudit, create_pool, migrate
+from kexec.application.ports.audit import AuditPort, ExecutionRecord, TransitionRecord
 
 PHASES = ["Pending", "Validating", "Preparing", "Executing", "Verifying", "Completed"]
 
@@ -152,7 +148,7 @@ def main() -> None:
     server = None
     dsn = args.dsn
     if dsn is None:
-        from tests.support.postgres import PostgresServer
+        from devstack.postgres import PostgresServer
 
         durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
         server = PostgresServer(settings=durable if args.durable else None).start()

@@ -24,18 +24,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kubernetes_asyncio.client import ApiClient
+
+from devstack.controlplane import ControlPlane
+from devstack.harness import NS_CTRL, Kexec
+from devstack.postgres import PostgresServer
+from devstack.simulator import NodeSimulator
+from kexec.adapters.kubernetes.client import load_configuration
+from kexec.runtime.informer import Informer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kubernetes_asyncio.client import ApiClient  # noqa: E402
-from tests.e2e.kexec_env import NS_CTRL, Kexec  # noqa: E402
-from tests.support.controlplane import ControlPlane  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
-from tests.support.simulator import NodeSimulator  # noqa: E402
-
-from kexec.adapters.kubernetes.client import load_configuration  # noqa: E402
-from kexec.runtime.informer import Informer  # noqa: E402
-
 GROUP = "kubernetesexecution.kubernaut.io"
 
 

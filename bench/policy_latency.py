@@ -22,22 +22,19 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+from regopy import Interpreter, LogLevel
+
+from kexec.adapters.policy.bundle import load_policy_dir, prepare_input
+from kexec.adapters.policy.embedded import CompiledPolicy, EmbeddedPolicy
+from kexec.adapters.policy.opa_http import OpaHttpPolicy
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
-
-import httpx  # noqa: E402
-from regopy import Interpreter, LogLevel  # noqa: E402
-
-from kexec.adapters.policy.bundle import load_policy_dir, prepare_input  # noqa: E402
-from kexec.adapters.policy.embedded import CompiledPolicy, EmbeddedPolicy  # noqa: E402
-from kexec.adapters.policy.opa_http import OpaHttpPolicy  # noqa: E402
-
 POLICIES = ROOT / "policies"
 
 

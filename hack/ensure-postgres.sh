@@ -2,7 +2,7 @@
 # Make sure the PostgreSQL server binaries (initdb, pg_ctl, postgres) are installed and
 # print their directory, e.g. /usr/lib/postgresql/15/bin. Installs Debian's `postgresql`
 # package when they are missing (needs root or sudo). Idempotent; the tests start their
-# own throw-away server from these binaries (tests/support/postgres.py), so the cluster
+# own throw-away server from these binaries (devstack/postgres.py), so the cluster
 # and service the package may create are neither needed nor used.
 #
 #   hack/ensure-postgres.sh            # prints the bin dir on stdout, progress on stderr

@@ -11,4 +11,4 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 KEXEC_BIN_DIR="$("$ROOT/hack/build-binaries.sh" | tail -n 1)"
 export KEXEC_BIN_DIR
 cd "$ROOT"
-exec "$PY" -m tests.support.controlplane "$@"
+exec "$PY" -m devstack.controlplane "$@"

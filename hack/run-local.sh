@@ -3,7 +3,13 @@
 # (etcd, kube-apiserver, kube-controller-manager from Go modules) with a node/pod
 # simulator, starts PostgreSQL for the audit trail, installs the CRD and RBAC, runs
 # the controller and a set of example executions, prints what happened, and keeps
-# the controller running until Ctrl-C.  --once: exit after the examples.
+# the controller running until Ctrl-C or SIGTERM, then tears it all down.
+#
+#   hack/run-local.sh [--once] [--no-examples] [--state-dir DIR] [--nodes N]
+#
+# --once: exit after the examples. --no-examples: just the stack and the controller.
+# The admin kubeconfig is written to DIR/kubeconfig (default .kexec/kubeconfig); a line
+# "ready" on stdout says the stack is up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/setup-venv.sh >&2

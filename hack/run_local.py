@@ -1,23 +1,31 @@
-"""The demo behind hack/run-local.sh: kexec on a real local control plane."""
+"""The local dev stack behind hack/run-local.sh: kexec on a real local control plane.
+
+Brings up the control plane, the node simulator (3 nodes), PostgreSQL and the controller
+(its own ServiceAccount, trusted namespace kubernaut-system), writes the admin kubeconfig
+to STATE_DIR/kubeconfig (the control plane's run dirs go there too), runs the example
+executions unless --no-examples, prints a line ``ready`` and runs until Ctrl-C or SIGTERM;
+then it tears everything down and exits 0. --once: exit after the examples.
+"""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import json
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from devstack.controlplane import ControlPlane
+from devstack.harness import NS_CTRL, Kexec
+from devstack.postgres import PostgresServer
+from devstack.simulator import NodeSimulator
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.e2e.kexec_env import NS_CTRL, Kexec  # noqa: E402
-from tests.support.controlplane import ControlPlane  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
-from tests.support.simulator import NodeSimulator  # noqa: E402
-
 DEMO = "demo"
 
 
@@ -76,41 +84,71 @@ def examples(k: Kexec) -> list[tuple[str, str]]:
     return done
 
 
+class Stop(Exception):
+    """Ctrl-C or SIGTERM: tear the stack down and exit 0."""
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # teardown runs once, uninterrupted
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stop(signal.Signals(signum).name)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true", help="exit after the examples")
+    parser.add_argument("--no-examples", action="store_true", help="bring the stack up without running the examples")
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".kexec",
+                        help="kubeconfig and control-plane run dirs (default: .kexec/ in the repo)")
     parser.add_argument("--nodes", type=int, default=3)
     args = parser.parse_args()
+    # Before anything starts, so the devstack's own SIGTERM cleanup hook stays out of the way.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     t0 = time.monotonic()
-    with ControlPlane() as cp, PostgresServer() as pg:
-        sim = NodeSimulator(cp.kubeconfig, nodes=args.nodes, log_dir=cp.log_dir)
-        sim.start()
-        try:
-            k = Kexec(cp, pg.dsn)
-            k.install()
-            k.start_controller("local", "--no-leader-elect")
-            print(f"control plane, simulator, PostgreSQL and controller up in {time.monotonic() - t0:.1f}s")
-            print(f"  kubeconfig: {cp.kubeconfig}\n  logs:       {cp.log_dir}\n  audit DSN:  {pg.dsn}")
-            print(f"  metrics:    http://127.0.0.1:{k.http_port}/metrics (bearer token required)\n")
-            seed(k)
-            print("examples (kubectl get kexec -A shows them too):")
-            examples(k)
-            print("\n" + k.kubectl("get", "kexec", "-A").stdout)
-            print(f"audit trail:  .venv/bin/kexec audit --dsn '{pg.dsn}'")
-            print(f"try:          {cp.bin_dir}/kubectl --kubeconfig {cp.kubeconfig} get kexec -A -o wide")
-            if args.once:
-                return 0
-            print("\ncontroller running; create KubernetesExecutions (see deploy/examples). Ctrl-C stops.")
-            while all(p.poll() is None for p in k.procs):
-                time.sleep(1)
-            print(json.dumps({"controller": "exited", "log": str(k.log_dir)}))
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            for proc in getattr(k, "procs", []):
-                k.stop_controller(proc)
-            sim.stop()
+    state_dir: Path = args.state_dir.resolve()
+    kubeconfig = state_dir / "kubeconfig"
+    k: Kexec | None = None
+    sim: NodeSimulator | None = None
+    try:
+        with ControlPlane(state_dir=state_dir) as cp, PostgresServer() as pg:
+            assert cp.kubeconfig is not None
+            sim = NodeSimulator(cp.kubeconfig, nodes=args.nodes, log_dir=cp.log_dir)
+            sim.start()
+            try:
+                k = Kexec(cp, pg.dsn)
+                k.install()
+                k.start_controller("local", "--no-leader-elect")
+                kubeconfig.unlink(missing_ok=True)
+                shutil.copyfile(cp.kubeconfig, kubeconfig)
+                kubeconfig.chmod(0o600)
+                print(f"control plane, simulator, PostgreSQL and controller up in {time.monotonic() - t0:.1f}s")
+                print(f"  kubeconfig: {kubeconfig}\n  logs:       {cp.log_dir}\n  audit DSN:  {pg.dsn}")
+                print(f"  metrics:    http://127.0.0.1:{k.http_port}/metrics (bearer token required)\n")
+                if not args.no_examples:
+                    seed(k)
+                    print("examples (kubectl get kexec -A shows them too):")
+                    examples(k)
+                    print("\n" + k.kubectl("get", "kexec", "-A").stdout)
+                    print(f"audit trail:  .venv/bin/kexec audit --dsn '{pg.dsn}'")
+                    print(f"try:          {cp.bin_dir}/kubectl --kubeconfig {kubeconfig} get kexec -A -o wide")
+                if args.once:
+                    return 0
+                print("\ncontroller running; create KubernetesExecutions (see deploy/examples). "
+                      "Ctrl-C or SIGTERM stops.")
+                print("ready", flush=True)
+                while all(p.poll() is None for p in k.procs):
+                    time.sleep(1)
+                print(json.dumps({"controller": "exited", "log": str(k.log_dir)}), flush=True)
+                return 1
+            finally:
+                if k is not None:
+                    k.stop()
+                sim.stop()
+                kubeconfig.unlink(missing_ok=True)  # the cluster it points at is gone
+    except Stop as stop:
+        print(f"{stop}: stack stopped", file=sys.stderr, flush=True)
+        return 0
 
 
 if __name__ == "__main__":

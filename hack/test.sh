@@ -11,7 +11,7 @@ log "python venv and dependencies"
 bash hack/setup-venv.sh
 
 log "ruff"
-.venv/bin/ruff check src tests bench hack
+.venv/bin/ruff check src tests bench hack devstack
 log "import-linter (layering contracts)"
 .venv/bin/lint-imports
 log "mypy --strict (domain, application)"

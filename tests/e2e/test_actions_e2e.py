@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.kexec_env import GROUP_PATH, NS_CTRL, Kexec
+from devstack.harness import GROUP_PATH, NS_CTRL, Kexec
 
 pytestmark = pytest.mark.cluster
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.kexec_env import GROUP_PATH, NS_CTRL, Kexec, free_port
+from devstack.harness import GROUP_PATH, NS_CTRL, Kexec, free_port
 from tests.e2e.test_actions_e2e import fresh_ns, ready_deployment, run
 
 pytestmark = pytest.mark.cluster

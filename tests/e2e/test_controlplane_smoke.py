@@ -1,6 +1,6 @@
 """Smoke tests for the real local control plane + node simulator + opa.
 
-Run: .venv/bin/python -m pytest tests/e2e/test_controlplane_smoke.py -p tests.support.plugin -v
+Run: .venv/bin/python -m pytest tests/e2e/test_controlplane_smoke.py -v
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.support.controlplane import ControlPlane
-from tests.support.opa import OpaServer
-from tests.support.simulator import NodeSimulator
+from devstack.controlplane import ControlPlane
+from devstack.opa import OpaServer
+from devstack.simulator import NodeSimulator
 
 pytestmark = pytest.mark.cluster
 

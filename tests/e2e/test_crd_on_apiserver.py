@@ -30,6 +30,7 @@ from kubernetes_asyncio import config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from devstack.controlplane import ControlPlane
 from kexec.adapters.kubernetes.crd import CRD_NAME, PRINTER_COLUMNS
 from kexec.adapters.kubernetes.rbac import (
     CONTROLLER_NAME,
@@ -39,7 +40,6 @@ from kexec.adapters.kubernetes.rbac import (
 )
 from kexec.domain.actions import ACTIONS
 from kexec.domain.execution import GROUP, PLURAL, VERSION
-from tests.support.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module")]
 

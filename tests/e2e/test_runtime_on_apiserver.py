@@ -31,10 +31,10 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter
 
+from devstack.controlplane import ControlPlane
 from kexec.runtime.http import KubernetesAuth, make_app, serve
 from kexec.runtime.informer import Informer
 from kexec.runtime.leader import LeaderElector
-from tests.support.controlplane import ControlPlane
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.kexec_env import APPROVER, GROUP_PATH, NS_CTRL, Kexec
+from devstack.harness import APPROVER, GROUP_PATH, NS_CTRL, Kexec
 from tests.e2e.test_actions_e2e import dep, fresh_ns, kexec_cli, ready_deployment
 
 pytestmark = pytest.mark.cluster

@@ -1,4 +1,4 @@
-"""The audit trail against a real PostgreSQL server (tests/support/postgres.py)."""
+"""The audit trail against a real PostgreSQL server (devstack/postgres.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
-from tests.support.postgres import PostgresServer, free_port
 
+from devstack.postgres import PostgresServer, free_port
 from kexec.adapters.audit.outbox import OutboxAudit
 from kexec.adapters.audit.postgres import (
     EVENTS_TABLE,

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.controlplane import free_port
-from tests.support.opa import required_opa
+from tests.support.plugin import required_opa
 
+from devstack.controlplane import free_port
 from kexec.adapters.policy.bundle import load_policy_dir, policy_set_from_sources, prepare_input
 from kexec.adapters.policy.embedded import CompiledPolicy
 from kexec.adapters.policy.opa_http import OpaHttpPolicy

@@ -1,7 +1,5 @@
-"""Test support for kexec: a real local Kubernetes control plane and friends.
+"""pytest support for kexec: fixtures on the local dev stack (the servers are in :mod:`devstack`).
 
-- :mod:`tests.support.controlplane` -- etcd + kube-apiserver + kube-controller-manager
-- :mod:`tests.support.simulator`    -- NodeSimulator (fake kubelets + scheduler)
-- :mod:`tests.support.opa`          -- OPA server helper
-- :mod:`tests.support.plugin`       -- pytest fixtures (bin_dir, control_plane, node_simulator, opa_bin)
+- :mod:`tests.support.plugin`   -- fixtures bin_dir, control_plane, node_simulator, opa_bin; required_opa()
+- :mod:`tests.support.postgres` -- fixtures postgres_server, pg_dsn, pg_audit_dsn
 """

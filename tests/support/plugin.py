@@ -1,27 +1,41 @@
 """pytest plugin: real local Kubernetes control plane, node simulator, opa.
 
 Register with ``pytest_plugins = ["tests.support.plugin"]`` (tests/conftest.py) or
-``-p tests.support.plugin``. Session-scoped fixtures:
+``-p tests.support.plugin``. The servers themselves are in :mod:`devstack`. Session-scoped fixtures:
 
 * ``bin_dir``        -- Path with etcd/kube-apiserver/kube-controller-manager/kubectl/opa
                         ($KEXEC_BIN_DIR, else built by hack/build-binaries.sh)
-* ``control_plane``  -- started :class:`tests.support.controlplane.ControlPlane`
+* ``control_plane``  -- started :class:`devstack.controlplane.ControlPlane`
                         (``.kubeconfig``, ``.server``, ``.ca_file``, ``.log_dir``, ``.api()``, ``.kubectl()``)
-* ``node_simulator`` -- started :class:`tests.support.simulator.NodeSimulator` bound to it
+* ``node_simulator`` -- started :class:`devstack.simulator.NodeSimulator` bound to it
 * ``opa_bin``        -- Path of the opa binary
 
 If binaries cannot be obtained or the cluster cannot start, the fixtures FAIL (never skip).
+:func:`required_opa` does the same for a test that needs only the opa binary.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.controlplane import BinariesUnavailable, ControlPlane, get_bin_dir
-from tests.support.simulator import NodeSimulator
+from devstack.controlplane import BinariesUnavailable, ControlPlane, get_bin_dir
+from devstack.simulator import NodeSimulator
+
+
+def required_opa() -> Path:
+    """$KEXEC_BIN_DIR/opa for a test that needs it, failing the test (never skipping, never
+    building) when the binary is not there."""
+    bin_dir = os.environ.get("KEXEC_BIN_DIR")
+    if not bin_dir:
+        pytest.fail("KEXEC_BIN_DIR is not set: run hack/build-binaries.sh and export its output")
+    opa = Path(bin_dir) / "opa"
+    if not os.access(opa, os.X_OK):
+        pytest.fail(f"{opa} is missing or not executable")
+    return opa
 
 
 @pytest.fixture(scope="session")

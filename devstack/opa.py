@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.support.controlplane import (
+from devstack.controlplane import (
     BinariesUnavailable,
     ManagedProcess,
     free_port,
@@ -33,22 +33,6 @@ def find_opa(bin_dir: str | Path | None = None) -> Path:
     opa = d / "opa"
     if not opa.is_file():
         raise BinariesUnavailable(f"opa not found in {d}")
-    return opa
-
-
-def required_opa() -> Path:
-    """$KEXEC_BIN_DIR/opa for a test that needs it, failing the test (never skipping, never
-    building) when the binary is not there."""
-    import os
-
-    import pytest
-
-    bin_dir = os.environ.get("KEXEC_BIN_DIR")
-    if not bin_dir:
-        pytest.fail("KEXEC_BIN_DIR is not set: run hack/build-binaries.sh and export its output")
-    opa = Path(bin_dir) / "opa"
-    if not os.access(opa, os.X_OK):
-        pytest.fail(f"{opa} is missing or not executable")
     return opa
 
 

@@ -1,36 +1,33 @@
 """kexec on the real local control plane: CRD + RBAC applied, the controller running as
-its own least-privilege ServiceAccount in a subprocess, Jobs executed by the simulator."""
+its own least-privilege ServiceAccount in a subprocess, Jobs executed by the simulator.
+
+Used by the e2e tests (fixture ``kexec`` in tests/e2e/conftest.py), hack/run_local.py and
+bench/controller_bench.py. Failed checks raise AssertionError with the details."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.support.controlplane import ControlPlane
+from devstack.controlplane import ControlPlane, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 NS_CTRL = "kubernaut-system"
 GROUP_PATH = "/apis/kubernetesexecution.kubernaut.io/v1alpha1"
 TERMINAL = ("Completed", "Failed", "RollbackReady")
 APPROVER = "alice"  # a second person with kexec-approver (the admin creates executions)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["GROUP_PATH", "NS_CTRL", "TERMINAL", "Kexec", "free_port"]
 
 
 class Kexec:
@@ -87,10 +84,8 @@ class Kexec:
         return proc
 
     def apply(self, obj: dict[str, Any]) -> None:
-        proc = subprocess.run(
-            [str(self.cp.bin_dir / "kubectl"), "--kubeconfig", str(self.cp.kubeconfig),
-             "apply", "--server-side", "--force-conflicts", "-f", "-"],
-            input=json.dumps(obj), text=True, capture_output=True)
+        proc = self.cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                               check=False, input=json.dumps(obj))
         if proc.returncode:
             raise AssertionError(proc.stderr)
 
@@ -126,7 +121,8 @@ class Kexec:
         token = self.api("POST", f"/api/v1/namespaces/{NS_CTRL}/serviceaccounts/kexec-controller/token",
                          {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                           "spec": {"expirationSeconds": 86400}})["status"]["token"]
-        admin = yaml.safe_load(Path(self.cp.kubeconfig).read_text())
+        assert self.cp.kubeconfig is not None
+        admin = yaml.safe_load(self.cp.kubeconfig.read_text())
         cluster = admin["clusters"][0]
         self.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config",
@@ -242,15 +238,3 @@ class Kexec:
     def events_for(self, namespace: str, name: str) -> list[dict[str, Any]]:
         sel = f"involvedObject.name={name}"
         return list(self.api("GET", f"/api/v1/namespaces/{namespace}/events?fieldSelector={sel}")["items"])
-
-
-@pytest.fixture(scope="session")
-def kexec(control_plane: ControlPlane, node_simulator: Any, postgres_server: Any) -> Iterator[Kexec]:
-    dsn = postgres_server.create_database(f"kexec_e2e_{uuid.uuid4().hex[:6]}")
-    env = Kexec(control_plane, dsn)
-    env.install()
-    env.start_controller("e2e-1", "--no-leader-elect", http_port=0)
-    try:
-        yield env
-    finally:
-        env.stop()

@@ -20,7 +20,7 @@ It talks to the real kube-apiserver (kubernetes-asyncio, admin kubeconfig) and:
 * enforces ``spec.activeDeadlineSeconds`` (DeadlineExceeded).
 
 Runs in its own thread with its own event loop: ``NodeSimulator(kubeconfig).start()`` /
-``.stop()`` from sync code, or ``python -m tests.support.simulator --kubeconfig X``.
+``.stop()`` from sync code, or ``python -m devstack.simulator --kubeconfig X``.
 
 Logs: ``<log_dir>/simulator.log``; each Job pod's stdout+stderr goes to
 ``<log_dir>/pods/<namespace>_<pod>.log`` (``kubectl logs`` does not work: no kubelet).
@@ -52,7 +52,7 @@ import yaml
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
-from tests.support.controlplane import _pdeathsig, register_cleanup, unregister_cleanup
+from devstack.controlplane import _pdeathsig, register_cleanup, unregister_cleanup
 
 JOB_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 RESYNC_SECONDS = 120.0

@@ -9,12 +9,12 @@
 * kube-controller-manager with every controller (``*``), per-controller service
   account credentials, no leader election.
 
-There are no kubelets and no scheduler: see :mod:`tests.support.simulator`.
+There are no kubelets and no scheduler: see :mod:`devstack.simulator`.
 
 Run by hand (builds binaries if needed, starts control plane + node simulator,
 waits for Ctrl-C)::
 
-    python -m tests.support.controlplane [--nodes 3] [--no-simulator]
+    python -m devstack.controlplane [--nodes 3] [--no-simulator]
 
 or ``hack/local-cluster.sh``.
 
@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
 REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "opa")
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -823,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
         cp.start()
         assert cp.run_dir and cp.kubeconfig
         if not args.no_simulator:
-            from tests.support.simulator import NodeSimulator
+            from devstack.simulator import NodeSimulator
 
             sim = NodeSimulator(cp.kubeconfig, nodes=args.nodes, log_dir=cp.log_dir).start()
         (cp.state_root / "kubeconfig").unlink(missing_ok=True)
