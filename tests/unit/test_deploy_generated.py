@@ -33,9 +33,10 @@ from kexec.adapters.kubernetes.rbac import (
 )
 from kexec.domain.actions import ACTIONS, Action, Param
 from kexec.domain.errors import ValidationError
-from kexec.domain.execution import GROUP, KIND, PLURAL, VERSION, parse_spec
+from kexec.domain.execution import GROUP, KIND, PLURAL, VERSION
 from kexec.domain.phases import Phase
 from kexec.domain.resources import Rule
+from kexec.domain.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -166,7 +167,7 @@ def test_spec_schema_follows_the_design() -> None:
         assert pair in rule["rule"]
     # ... and every spec field but the approval fields is pinned at creation.
     from kexec.adapters.kubernetes.crd.cel import PINNED_FIELDS
-    from kexec.domain.execution import APPROVAL_FIELDS
+    from kexec.domain.spec import APPROVAL_FIELDS
 
     assert set(PINNED_FIELDS) | set(APPROVAL_FIELDS) == set(props)
     assert not set(PINNED_FIELDS) & set(APPROVAL_FIELDS)

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from kexec.domain.actions import ACTIONS
 from kexec.domain.errors import ValidationError
-from kexec.domain.execution import parse_spec
 from kexec.domain.fields import is_dns1123_label, parse_duration
 from kexec.domain.phases import TERMINAL, TRANSITIONS, IllegalTransition, Phase, check_transition
+from kexec.domain.spec import parse_spec
 
 
 def test_transition_table() -> None:

@@ -17,7 +17,8 @@ from kexec.adapters.policy.embedded import CompiledPolicy
 from kexec.application.policy_input import build_policy_input, change_facts
 from kexec.domain.actions import ACTIONS
 from kexec.domain.actions.patch_deployment import patch_change
-from kexec.domain.execution import Execution, parse_spec
+from kexec.domain.execution import Execution
+from kexec.domain.spec import parse_spec
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 

@@ -29,9 +29,10 @@ from kexec.application.run_action import RunAction, RunRequest
 from kexec.application.snapshot import read_snapshot
 from kexec.domain.actions import ACTIONS, Action, Context, RollbackSpec
 from kexec.domain.errors import ValidationError
-from kexec.domain.execution import API_VERSION, KIND, Execution, parse_spec
+from kexec.domain.execution import API_VERSION, KIND, Execution
 from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import Check, Mutation, ObjectRef, Patch, Rule, Snapshot, dig
+from kexec.domain.spec import parse_spec
 from kexec.entrypoints.cli import cli, validation_errors
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"

@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from kexec.domain.actions import Action
-from kexec.domain.execution import Execution, ExecutionSpec, iso
+from kexec.domain.execution import Execution, iso
 from kexec.domain.resources import Snapshot, meta
+from kexec.domain.spec import ExecutionSpec
 
 
 def _visible(obj: Any) -> Any:

@@ -18,9 +18,9 @@ from kexec.application.ports.cluster import ClusterError, Conflict, NotFound, Ru
 from kexec.application.snapshot import read_snapshot, snapshot_objects
 from kexec.domain.actions import ACTIONS, Context
 from kexec.domain.errors import ValidationError
-from kexec.domain.execution import spec_hash
 from kexec.domain.resources import Evict, Snapshot
 from kexec.domain.safety import redact, secret_values
+from kexec.domain.spec import spec_hash
 
 # Exit codes of the runner: the Job's podFailurePolicy fails the Job at once on PERMANENT.
 EXIT_OK = 0

@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from kexec.application.ports.cluster import JobRequest, JobState
 from kexec.application.snapshot import read_snapshot
 from kexec.application.step import StepBase, StepResult
-from kexec.domain.execution import APPROVAL_FIELDS, Execution, iso, parse_spec, spec_hash
+from kexec.domain.execution import Execution, iso
 from kexec.domain.phases import Phase
 from kexec.domain.resources import Check
 from kexec.domain.safety import check_namespace, redact
+from kexec.domain.spec import APPROVAL_FIELDS, parse_spec, spec_hash
 
 
 def job_name(ex: Execution) -> str:

@@ -16,7 +16,7 @@ from kexec.application.snapshot import read_snapshot, snapshot_objects
 from kexec.application.step import StepBase, StepResult
 from kexec.domain.actions import Action, Context
 from kexec.domain.errors import SafetyViolation, ValidationError
-from kexec.domain.execution import Execution, iso, parse_spec
+from kexec.domain.execution import Execution, iso
 from kexec.domain.phases import Phase
 from kexec.domain.policy import PolicyDecision
 from kexec.domain.resources import Evict, Snapshot
@@ -28,6 +28,7 @@ from kexec.domain.safety import (
     requester_permissions,
     secret_values,
 )
+from kexec.domain.spec import parse_spec
 from kexec.domain.status import DryRunResult
 
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from kexec.domain.actions import Action
 from kexec.domain.errors import SafetyViolation
-from kexec.domain.execution import Execution, ExecutionSpec, parse_spec
+from kexec.domain.execution import Execution
 from kexec.domain.phases import Phase
 from kexec.domain.resources import KINDS, ObjectRef
+from kexec.domain.spec import ExecutionSpec, parse_spec
 
 REDACTED = "[REDACTED]"
 # Past validation: the execution's checks were made against the target as it is now.

@@ -15,8 +15,9 @@ from rich.table import Table
 
 from kexec.domain.actions import ACTIONS
 from kexec.domain.errors import FieldError, SafetyViolation, ValidationError
-from kexec.domain.execution import API_VERSION, KIND, parse_spec
+from kexec.domain.execution import API_VERSION, KIND
 from kexec.domain.safety import check_target_cluster
+from kexec.domain.spec import parse_spec
 
 
 @click.group()

@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 from kexec.adapters.clock import SystemClock
+from kexec.adapters.kubernetes.api import KubernetesApi
 from kexec.adapters.kubernetes.client import api_client
-from kexec.adapters.kubernetes.cluster import KubernetesCluster
 from kexec.application.run_action import (
     EXIT_PERMANENT,
     RunAction,
@@ -55,7 +55,7 @@ async def run(env: dict[str, str]) -> RunReport:
     except (KeyError, ValueError) as exc:
         return RunReport(False, reason="InvalidRunnerEnvironment", message=str(exc))
     async for api in api_client(pool_size=4):
-        cluster = KubernetesCluster(api, request_timeout=15.0)
+        cluster = KubernetesApi(api, request_timeout=15.0)
         return await RunAction(cluster, SystemClock())(req)
     raise RuntimeError("no API client")  # pragma: no cover
 

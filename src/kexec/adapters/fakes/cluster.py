@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from kexec.adapters.kubernetes.wire import status_from_wire, status_to_wire
 from kexec.application.ports.clock import Clock
@@ -40,14 +40,9 @@ from kexec.application.run_action import (
     request_from_env,
 )
 from kexec.domain.actions import ACTIONS
-from kexec.domain.actions.rollback_deployment import HASH_LABEL, REVISION
-from kexec.domain.execution import (
-    APPROVAL_FIELDS,
-    REQUESTED_BY,
-    REQUESTED_BY_GROUPS,
-    Execution,
-    iso,
-)
+from kexec.domain.actions._workload import REVISION
+from kexec.domain.actions.rollback_deployment import HASH_LABEL
+from kexec.domain.execution import REQUESTED_BY, REQUESTED_BY_GROUPS, Execution, iso
 from kexec.domain.resources import (
     KINDS,
     Create,
@@ -63,6 +58,7 @@ from kexec.domain.resources import (
     Rule,
 )
 from kexec.domain.safety import Permission
+from kexec.domain.spec import APPROVAL_FIELDS
 
 Key = tuple[str, str, str]
 
@@ -273,7 +269,7 @@ class FakeCluster:
                 new = copy.deepcopy(body)
             elif mutation.patch_type == "json":
                 want_rv = None
-                new = json_patch(current, body)
+                new = json_patch(current, cast(list[dict[str, Any]], body))
             else:
                 want_rv = (body.get("metadata") or {}).get("resourceVersion")
                 new = merge_patch(current, body)

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from kexec.domain.actions import Action
-from kexec.domain.execution import MAX_TIMEOUT_SECONDS
 from kexec.domain.fields import format_duration
+from kexec.domain.spec import MAX_TIMEOUT_SECONDS
 
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 MAX_TIMEOUT = format_duration(MAX_TIMEOUT_SECONDS)

@@ -31,9 +31,10 @@ from kexec.adapters.kubernetes.crd.cel import (
 from kexec.adapters.kubernetes.crd.parameters import STRICT_CLOSED, Label, Parameters, SubdomainName
 from kexec.adapters.kubernetes.crd.structural import PRESERVE, VALIDATIONS
 from kexec.domain.actions import ACTIONS
-from kexec.domain.execution import API_VERSION, KIND, MAX_TIMEOUT_SECONDS
+from kexec.domain.execution import API_VERSION, KIND
 from kexec.domain.fields import parse_duration
 from kexec.domain.phases import Phase
+from kexec.domain.spec import MAX_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     ActionName = str
