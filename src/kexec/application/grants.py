@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from kexec.application.ports.cluster import ClusterPort, Identity
 from kexec.application.settings import Settings
 from kexec.domain.execution import Execution
+from kexec.domain.naming import service_account_for
 from kexec.domain.phases import Phase
 from kexec.domain.safety import target_of
 
@@ -27,8 +28,8 @@ GrantKey = tuple[str, str, str]  # (execution namespace, action, target namespac
 
 
 def identity_for(ex_namespace: str, action: str, settings: Settings) -> Identity:
-    """The one naming rule of the per-action ServiceAccounts."""
-    return Identity(ex_namespace, settings.service_account_prefix + action.replace("_", "-"))
+    """The per-action ServiceAccount of an execution's namespace."""
+    return Identity(ex_namespace, service_account_for(action))
 
 
 def grant_key(ex: Execution) -> GrantKey | None:

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from kexec.domain.naming import CONTROLLER_NAMESPACE
 
 
 @dataclass(frozen=True)
 class Settings:
     """Controller behaviour the use cases need (from flags/env in the entrypoints)."""
 
-    controller_namespace: str = "kubernaut-system"
-    trusted_namespaces: frozenset[str] = field(default_factory=lambda: frozenset({"kubernaut-system"}))
+    controller_namespace: str = CONTROLLER_NAMESPACE
+    trusted_namespaces: frozenset[str] = frozenset({CONTROLLER_NAMESPACE})
     controller_id: str = "kexec"
     approval_timeout_seconds: int = 3600
     job_ttl_seconds: int = 3600
@@ -18,7 +20,6 @@ class Settings:
     requeue_poll_seconds: float = 1.0
     requeue_policy_unavailable_seconds: float = 5.0
     requeue_paused_seconds: float = 10.0
-    service_account_prefix: str = "kexec-"
     # Approval by the requester themselves counts only when this is set.
     allow_self_approval: bool = False
 

@@ -15,7 +15,9 @@ from kexec.domain.errors import FieldError
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# The one duration grammar (spec.timeout; the CRD states the same pattern).
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+_DURATION = re.compile(DURATION_PATTERN)
 
 
 def is_dns1123_label(value: str) -> bool:
@@ -31,7 +33,7 @@ def parse_duration(value: str) -> int:
     match = _DURATION.match(value.strip()) if isinstance(value, str) else None
     if not value or match is None or not any(match.groups()):
         raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 5m, 1h)")
-    h, m, s = (int(g) if g else 0 for g in match.groups())
+    h, m, s = (int(g[:-1]) if g else 0 for g in match.groups())
     return h * 3600 + m * 60 + s
 
 

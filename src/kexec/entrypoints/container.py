@@ -19,6 +19,7 @@ from kexec.adapters.kubernetes.client import api_client
 from kexec.adapters.kubernetes.cluster import KubernetesCluster
 from kexec.application.reconcile import ReconcileExecution
 from kexec.application.settings import Settings
+from kexec.domain.naming import CONTROLLER_NAMESPACE
 
 
 def _policy(engine: str, opa_url: str, policy_dir: str, registry: Any) -> Any:
@@ -72,8 +73,8 @@ class Container(containers.DeclarativeContainer):
 DEFAULTS: dict[str, Any] = {
     "kubeconfig": None,
     "api_pool_size": 64,
-    "namespace": "kubernaut-system",
-    "trusted_namespaces": "kubernaut-system",
+    "namespace": CONTROLLER_NAMESPACE,
+    "trusted_namespaces": CONTROLLER_NAMESPACE,
     "identity": "kexec",
     "image": "kexec:latest",
     "runner_command": ["kexec", "runner"],

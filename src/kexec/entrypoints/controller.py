@@ -27,6 +27,7 @@ from kexec.adapters.kubernetes.wire import to_execution
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
 from kexec.domain.execution import GROUP, PLURAL, VERSION
+from kexec.domain.naming import CONTROLLER_NAMESPACE
 from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
 from kexec.runtime.informer import Informer, object_key
 from kexec.runtime.metrics import make_registry
@@ -39,8 +40,8 @@ JOB_SELECTOR = "app.kubernetes.io/managed-by=kexec"
 @dataclass
 class ControllerConfig:
     kubeconfig: str | None = None
-    namespace: str = "kubernaut-system"
-    trusted_namespaces: str = "kubernaut-system"
+    namespace: str = CONTROLLER_NAMESPACE
+    trusted_namespaces: str = CONTROLLER_NAMESPACE
     workers: int = 8
     image: str = "kexec:latest"
     runner_command: list[str] = field(default_factory=lambda: ["kexec", "runner"])
@@ -312,10 +313,10 @@ async def run_controller(cfg: ControllerConfig) -> None:
 @click.command()
 @click.option("--kubeconfig", envvar="KUBECONFIG", default=None,
               help="kubeconfig path; in a pod the in-cluster config is used")
-@click.option("--namespace", envvar="KEXEC_NAMESPACE", default="kubernaut-system",
+@click.option("--namespace", envvar="KEXEC_NAMESPACE", default=CONTROLLER_NAMESPACE,
               show_default=True, help="the controller's own (trusted) namespace")
 @click.option("--trusted-namespaces", envvar="KEXEC_TRUSTED_NAMESPACES",
-              default="kubernaut-system", show_default=True,
+              default=CONTROLLER_NAMESPACE, show_default=True,
               help="comma-separated namespaces whose executions may act elsewhere")
 @click.option("--workers", envvar="KEXEC_WORKERS", default=8, show_default=True, type=int)
 @click.option("--image", envvar="KEXEC_IMAGE", default="kexec:latest", show_default=True,

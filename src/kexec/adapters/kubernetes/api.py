@@ -44,10 +44,6 @@ CONTENT_TYPES = {
     "json": "application/json-patch+json",
     "apply": "application/apply-patch+yaml",
 }
-def action_role(action: str) -> str:
-    return "kexec-action-" + action.replace("_", "-")
-
-
 def path_for(kind: str, namespace: str = "", name: str = "", subresource: str = "") -> str:
     info = KINDS[kind]
     base = f"/apis/{info.group}/{info.version}" if info.group else f"/api/{info.version}"

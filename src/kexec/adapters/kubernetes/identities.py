@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kexec.adapters.kubernetes.api import KubernetesApi, action_role, path_for
+from kexec.adapters.kubernetes.api import KubernetesApi, path_for
 from kexec.adapters.kubernetes.rbac import ADMISSION_POLICY_NAMES
 from kexec.application.ports.cluster import (
     Identity,
     NotFound,
 )
 from kexec.domain.actions import ACTIONS
+from kexec.domain.naming import cluster_role_for
 from kexec.domain.safety import Permission
 from kexec.runtime.backoff import Backoff, poll
 
@@ -55,7 +56,7 @@ class Identities(KubernetesApi):
         binding: dict[str, Any] = {
             "metadata": metadata,
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": action_role(action)},
+                        "name": cluster_role_for(action)},
             "subjects": [{"kind": "ServiceAccount", "name": identity.service_account,
                           "namespace": identity.namespace}],
         }
@@ -72,7 +73,7 @@ class Identities(KubernetesApi):
             await self._await_rbac(identity, action, target_namespace)
 
     def _binding_name(self, identity: Identity, action: str) -> str:
-        return f"{action_role(action)}-{identity.namespace}"[:253]
+        return f"{cluster_role_for(action)}-{identity.namespace}"[:253]
 
     async def revoke_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
         name = self._binding_name(identity, action)
@@ -84,7 +85,7 @@ class Identities(KubernetesApi):
             pass
 
     async def identity_grants(self) -> list[tuple[Identity, str, str]]:
-        by_role = {action_role(a): a for a in ACTIONS}
+        by_role = {cluster_role_for(a): a for a in ACTIONS}
         out: list[tuple[Identity, str, str]] = []
         for kind in ("RoleBinding", "ClusterRoleBinding"):
             doc = await self.request("GET", path_for(kind),

@@ -20,14 +20,12 @@ from typing import Any
 
 from kexec.domain.actions import ACTIONS, Action
 from kexec.domain.execution import GROUP, PLURAL
+from kexec.domain.naming import CONTROLLER_NAMESPACE, cluster_role_for, service_account_for
 from kexec.domain.resources import Rule
 
-CONTROLLER_NAMESPACE = "kubernaut-system"
 CONTROLLER_NAME = "kexec-controller"
 RBAC_API = "rbac.authorization.k8s.io/v1"
 PART_OF = {"app.kubernetes.io/part-of": "kexec"}
-ACTION_ROLE_PREFIX = "kexec-action-"
-SERVICE_ACCOUNT_PREFIX = "kexec-"
 
 
 # deploy/admission.yaml: who requested an execution, and who may approve it.
@@ -44,14 +42,8 @@ def _dashed(action: str) -> str:
     return action.replace("_", "-")
 
 
-def action_role_name(action: str) -> str:
-    """``scale_deployment`` → ``kexec-action-scale-deployment``."""
-    return ACTION_ROLE_PREFIX + _dashed(action)
-
-
-def action_service_account(action: str) -> str:
-    """``scale_deployment`` → ``kexec-scale-deployment`` (created per namespace at run time)."""
-    return SERVICE_ACCOUNT_PREFIX + _dashed(action)
+action_role_name = cluster_role_for
+action_service_account = service_account_for
 
 
 def _labels(component: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from kexec.application.policy_input import change_facts
 from kexec.domain.actions import ACTIONS
+from kexec.domain.naming import CONTROLLER_NAMESPACE
 
 #: The decision document every engine is asked for.
 DECISION_PACKAGE = "kexec.safety"
@@ -172,7 +173,7 @@ def smoke_input() -> dict[str, Any]:
     return {
         "action": action.policy_facts(),
         "change": change_facts(action, parameters),
-        "controller": {"trustedNamespaces": ["kubernaut-system"]},
+        "controller": {"trustedNamespaces": [CONTROLLER_NAMESPACE]},
         "execution": {
             "name": "kexec-policy-smoke",
             "namespace": "default",

@@ -10,10 +10,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from kexec.domain.actions import Action
-from kexec.domain.fields import format_duration
+from kexec.domain.fields import DURATION_PATTERN, format_duration
 from kexec.domain.spec import MAX_TIMEOUT_SECONDS
 
-DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 MAX_TIMEOUT = format_duration(MAX_TIMEOUT_SECONDS)
 
 

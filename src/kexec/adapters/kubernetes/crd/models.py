@@ -22,7 +22,6 @@ from pydantic import (
 )
 
 from kexec.adapters.kubernetes.crd.cel import (
-    DURATION_PATTERN,
     MAX_TIMEOUT,
     SPEC_IMMUTABLE,
     TIMEOUT_BOUNDS,
@@ -32,7 +31,7 @@ from kexec.adapters.kubernetes.crd.parameters import STRICT_CLOSED, Label, Param
 from kexec.adapters.kubernetes.crd.structural import PRESERVE, VALIDATIONS
 from kexec.domain.actions import ACTIONS
 from kexec.domain.execution import API_VERSION, KIND
-from kexec.domain.fields import parse_duration
+from kexec.domain.fields import DURATION_PATTERN, parse_duration
 from kexec.domain.phases import Phase
 from kexec.domain.spec import MAX_TIMEOUT_SECONDS
 
