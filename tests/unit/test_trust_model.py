@@ -3,6 +3,8 @@ approvals, zero standing privilege (the real-server attacks are in tests/e2e).""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.unit.world import NS, TRUSTED, World, wire
 
 from kexec.adapters.policy.fake import FakePolicy
@@ -204,3 +206,29 @@ def test_a_validated_execution_holds_its_target_whatever_the_creation_order() ->
     later = Execution(NS, "b", uid="b", created=when, spec=spec)
     assert holder_of(later, [running, later]) is running
     assert holder_of(running, [running, later]) is None
+
+
+async def test_two_validations_behind_a_stale_cache_never_both_pass() -> None:
+    """The cache may not show a write yet: the claim keeps the second one waiting."""
+    w = World()
+    await w.create("scale_deployment", SCALE, name="y-first")
+    stale = [await w.get("y-first")]  # the cache has not seen the second one yet
+    real = w.cluster.list_executions
+
+    async def cached() -> list[Any]:
+        return [e.copy() for e in stale]
+
+    w.cluster.list_executions = cached  # type: ignore[method-assign]
+    await w.step("y-first")
+    await w.step("y-first")
+    assert (await w.get("y-first")).phase is Phase.EXECUTING
+    await w.create("scale_deployment", {**SCALE, "replicas": 3}, name="x-second")
+    stale = [await w.get("x-second")]  # ... nor the first one's progress (it sorts after)
+    stale[0].status.phase = Phase.PENDING
+    await w.step("x-second")
+    ex = await w.get("x-second")
+    assert (ex.phase, wire(ex)["reason"]) == (Phase.PENDING, "TargetBusy")
+    assert "y-first" in wire(ex)["message"]
+    w.cluster.list_executions = real  # type: ignore[method-assign]
+    assert (await w.drive("y-first")).phase is Phase.COMPLETED
+    assert (await w.drive("x-second")).phase is Phase.COMPLETED

@@ -95,3 +95,28 @@ class Grants:
 
 def _needs(ex: Execution, key: GrantKey) -> bool:
     return ex.phase in NEEDS_BINDING and not ex.deleting and grant_key(ex) == key
+
+
+class TargetClaims:
+    """One execution per target, also between the check and the commit.
+
+    ``holder_of`` judges from the executions' recorded phases, which the controller's
+    cache may show a moment late; two validations that interleave could both pass it. The
+    claim is taken synchronously right after that check, so the second one waits.
+    """
+
+    def __init__(self) -> None:
+        self._by_target: dict[str, tuple[str, str]] = {}  # target key → (uid, execution key)
+
+    def claim(self, target: str, ex: Execution) -> str:
+        """"" when ``ex`` now holds ``target``; else the key of the execution holding it."""
+        holder = self._by_target.get(target)
+        if holder is not None and holder[0] != ex.uid:
+            return holder[1]
+        self._by_target[target] = (ex.uid, ex.key)
+        return ""
+
+    def release(self, ex: Execution) -> None:
+        for target, (uid, _) in list(self._by_target.items()):
+            if uid == ex.uid:
+                del self._by_target[target]

@@ -29,6 +29,7 @@ PINNED = frozenset({Phase.WAITING_APPROVAL, Phase.PREPARING, Phase.VERIFYING})
 class ReconcileExecution(ValidationStep, RunSteps):
     async def __call__(self, ex: Execution) -> StepResult:
         if ex.deleting:
+            self.claims.release(ex)
             return await self._release(ex)
         if ex.terminal:
             return await self._release(ex) if FINALIZER in ex.finalizers else DONE

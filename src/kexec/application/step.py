@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from kexec.application.audit_record import execution_record, transitions
-from kexec.application.grants import NEEDS_BINDING, Grants
+from kexec.application.grants import NEEDS_BINDING, Grants, TargetClaims
 from kexec.application.ports.audit import AuditPort, AuditUnavailable
 from kexec.application.ports.clock import Clock
 from kexec.application.ports.cluster import ClusterPort
@@ -44,6 +44,7 @@ class StepBase:
         self.clock = clock
         self.settings = settings
         self.grants = Grants(cluster, settings)
+        self.claims = TargetClaims()
 
     # --- shared by the steps --------------------------------------------------------------
 
@@ -75,6 +76,8 @@ class StepBase:
                 saved, "Warning" if warning else "Normal", saved.status.reason,
                 f"{saved.phase.value}: {saved.status.message}".rstrip(": "))
         await self.record_audit(saved)
+        if saved.terminal:
+            self.claims.release(saved)
         if saved.phase not in NEEDS_BINDING and ex.phase in NEEDS_BINDING | {None, Phase.PENDING}:
             # Left the phases that use the identity: drop its binding when nobody needs it.
             await self.grants.release(saved, await self.cluster.list_executions())

@@ -68,6 +68,11 @@ class ValidationStep(StepBase):
             return await self._hold(ex, "TargetBusy",
                                     f"waiting for {holder.key} which acts on the same target",
                                     self.settings.requeue_busy_seconds, new=new)
+        busy = self.claims.claim(action.target(params).key, ex)
+        if busy:
+            return await self._hold(ex, "TargetBusy",
+                                    f"waiting for {busy} which acts on the same target",
+                                    self.settings.requeue_busy_seconds, new=new)
         if not trusted:
             # No privilege escalation: kexec does for a requester only what they may do.
             denied = [str(p) for p in requester_permissions(action, params)
