@@ -19,6 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonpatch
+import jsonpointer
+
 from kexec.application.ports.clock import Clock
 from kexec.application.ports.cluster import (
     AlreadyExists,
@@ -34,7 +37,7 @@ from kexec.application.ports.cluster import (
 from kexec.application.run_action import EXIT_PERMANENT, RunAction, RunReport, RunRequest
 from kexec.domain.actions import ACTIONS, Context
 from kexec.domain.actions.rollback_deployment import HASH_LABEL, REVISION
-from kexec.domain.execution import Execution, iso
+from kexec.domain.execution import API_VERSION, KIND, Execution, iso
 from kexec.domain.resources import (
     KINDS,
     Create,
@@ -66,28 +69,69 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+# patchMergeKey of list fields (k8s.io/api struct tags): a strategic merge patch merges
+# these lists item by item; every other list is replaced, as in a JSON merge patch.
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "ephemeralContainers": "name",
+              "env": "name", "volumes": "name", "volumeMounts": "mountPath",
+              "ports": "containerPort", "imagePullSecrets": "name", "conditions": "type"}
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """Kubernetes' strategic merge patch for the lists in MERGE_KEYS (``$patch: delete``
+    removes an item); otherwise an RFC 7386 merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        key = MERGE_KEYS.get(k)
+        if v is None:
+            out.pop(k, None)
+        elif (key and isinstance(v, list) and isinstance(out.get(k), list)
+              and all(isinstance(i, dict) and key in i for i in v)):
+            merged = list(out[k])
+            for item in v:
+                at = next((n for n, c in enumerate(merged)
+                           if isinstance(c, dict) and c.get(key) == item[key]), None)
+                if item.get("$patch") == "delete":
+                    if at is not None:
+                        del merged[at]
+                elif at is None:
+                    merged.append(strategic_merge_patch({}, item))
+                else:
+                    merged[at] = strategic_merge_patch(merged[at], item)
+            out[k] = merged
+        else:
+            out[k] = strategic_merge_patch(out.get(k), v)
+    return out
+
+
 def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
-    """RFC 6902 JSON patch (add/remove/replace/test on object paths)."""
-    doc = copy.deepcopy(target)
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        parent = doc
-        for p in parts[:-1]:
-            parent = parent[int(p)] if isinstance(parent, list) else parent.setdefault(p, {})
-        last = parts[-1]
-        if op["op"] in ("add", "replace"):
-            if isinstance(parent, list):
-                parent.insert(int(last), op["value"]) if op["op"] == "add" else parent.__setitem__(
-                    int(last), op["value"])
-            else:
-                parent[last] = copy.deepcopy(op["value"])
-        elif op["op"] == "remove":
-            del parent[int(last) if isinstance(parent, list) else last]
-        elif op["op"] == "test":
-            value = parent[int(last)] if isinstance(parent, list) else parent.get(last)
-            if value != op["value"]:
-                raise Invalid(f"json patch test failed at {op['path']}")
-    return doc
+    """RFC 6902 JSON patch, all operations (the ``jsonpatch`` library); a failed ``test``,
+    a missing path or parent is Invalid (HTTP 422), as on the real API server."""
+    try:
+        return jsonpatch.apply_patch(target, ops)
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        raise Invalid(f"the server rejected our request due to an error in our request: {exc}") from None
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions) matches ``labels``."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        has, value, values = e["key"] in labels, labels.get(e["key"]), e.get("values") or []
+        ok = {"In": has and value in values, "NotIn": not has or value not in values,
+              "Exists": has, "DoesNotExist": not has}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def _scaled(value: Any, total: int) -> int:
+    """An int-or-percent of ``total``, rounded up (as the disruption controller does)."""
+    if isinstance(value, str) and value.endswith("%"):
+        return -(-int(value[:-1]) * total // 100)
+    return int(value)
 
 
 @dataclass
@@ -205,7 +249,7 @@ class FakeCluster:
             self._authorize(identity, "Pod", ref.namespace, "create", ref.name, "eviction")
             if key not in self.objects:
                 raise NotFound(f"pods {ref.name!r} not found")
-            if key in self.blocked_evictions:
+            if key in self.blocked_evictions or self._disruption_budget_spent(self.objects[key]):
                 raise TooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.")
             if not dry_run:
                 self._write("Pod")
@@ -254,7 +298,8 @@ class FakeCluster:
                 new = json_patch(current, body)
             else:
                 want_rv = (body.get("metadata") or {}).get("resourceVersion")
-                new = merge_patch(current, body)
+                new = (strategic_merge_patch if mutation.patch_type == "strategic" else merge_patch)(
+                    current, body)
             if want_rv and want_rv != current["metadata"]["resourceVersion"]:
                 raise Conflict(f"{ref}: the object has been modified")
         self._admit(ref.kind)
@@ -280,6 +325,33 @@ class FakeCluster:
         if ref.kind == "Deployment" and self.auto_settle:
             self._settle_deployment(new)
         return copy.deepcopy(new)
+
+    def _disruption_budget_spent(self, pod: dict[str, Any]) -> bool:
+        """The eviction API's check: a Running pod selected by a PodDisruptionBudget that
+        allows no more disruptions (computed as the disruption controller does) stays.
+        Pending (the default phase), Succeeded, Failed and deleting pods always go."""
+        phase = (pod.get("status") or {}).get("phase") or "Pending"
+        if phase in ("Pending", "Succeeded", "Failed") or pod["metadata"].get("deletionTimestamp"):
+            return False
+        ns = pod["metadata"].get("namespace", "")
+        for (kind, pdb_ns, _), pdb in self.objects.items():
+            spec = pdb.get("spec") or {}
+            if kind != "PodDisruptionBudget" or pdb_ns != ns or not _selects(
+                    spec.get("selector") or {}, pod["metadata"].get("labels") or {}):
+                continue
+            pods = [p for (k, n, _), p in self.objects.items() if k == "Pod" and n == ns
+                    and not p["metadata"].get("deletionTimestamp")
+                    and _selects(spec.get("selector") or {}, p["metadata"].get("labels") or {})]
+            healthy = sum(1 for p in pods if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (p.get("status") or {}).get("conditions") or []))
+            if "maxUnavailable" in spec:
+                desired = len(pods) - _scaled(spec["maxUnavailable"], len(pods))
+            else:
+                desired = _scaled(spec.get("minAvailable", 1), len(pods))
+            if healthy - desired <= 0:
+                return True
+        return False
 
     def _validate(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == "Deployment":
@@ -373,6 +445,13 @@ class FakeCluster:
             return
         self._write("Job")
         self.jobs[key] = FakeJob(job, active=1)
+        self.add({"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+            "name": job.name, "namespace": job.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "kexec", **job.labels},
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": job.execution_name,
+                                 "uid": job.execution_uid, "controller": True}]},
+            "spec": {"backoffLimit": job.backoff_limit,
+                     "activeDeadlineSeconds": job.active_deadline_seconds}})
 
     async def get_job(self, namespace: str, name: str) -> JobState | None:
         job = self.jobs.get((namespace, name))
