@@ -41,6 +41,7 @@ from kexec.domain.execution import Execution
 from kexec.domain.resources import Create, Delete, Evict, Get, List, ObjectRef, Patch
 
 ROOT = Path(__file__).resolve().parents[2]
+ROOT_CA = "kube-root-ca.crt"
 
 
 # --------------------------------------------------------------------------- the backends
@@ -191,8 +192,28 @@ async def test_list_filters_by_label_selector(backend: Backend) -> None:
     found = await b.port.read(List("cms", "ConfigMap", b.ns, label_selector="app=a"))
     assert sorted(o["metadata"]["name"] for o in found) == ["one", "two"]
     assert {o["kind"] for o in found} == {"ConfigMap"}
-    both = await b.port.read(List("cms", "ConfigMap", b.ns, label_selector="app=a,tier=db"))
-    assert [o["metadata"]["name"] for o in both] == ["two"]
+    selected = {
+        "app=a,tier=db": ["two"], "app==b": ["three"], "app!=a": ["three"], "tier": ["one", "two"],
+        "!tier": ["three"], "tier in (web, db),app=a": ["one", "two"], "app notin (a)": ["three"],
+        "app in (b)": ["three"],
+    }
+    for selector, names in selected.items():
+        found = await b.port.read(List("cms", "ConfigMap", b.ns, label_selector=selector))
+        # kube-root-ca.crt: the real cluster's own, published into every namespace
+        assert sorted(o["metadata"]["name"] for o in found if o["metadata"]["name"] != ROOT_CA) == names, selector
+
+
+async def test_list_filters_by_field_selector(backend: Backend) -> None:
+    b = backend
+    for name, node in (("p1", "node-a"), ("p2", "node-b"), ("p3", "node-a")):
+        body = pod(b.ns, name, {"app": name}).body
+        body["spec"]["nodeName"] = node
+        await b.port.mutate(Create(ObjectRef("Pod", b.ns, name), body))
+    for selector, names in {"spec.nodeName=node-a": ["p1", "p3"], "metadata.name=p2": ["p2"],
+                            "spec.nodeName!=node-a": ["p2"],
+                            "spec.nodeName=node-a,metadata.name!=p1": ["p3"]}.items():
+        found = await b.port.read(List("pods", "Pod", b.ns, field_selector=selector))
+        assert sorted(o["metadata"]["name"] for o in found) == names, selector
 
 
 # --------------------------------------------------------------------------- mutations

@@ -14,6 +14,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -127,6 +128,42 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
+_TERM = re.compile(r"^\s*(!?)([^!=\s]+)\s*(?:(==|=|!=)\s*(\S*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
+
+
+def _labels_match(selector: str, labels: dict[str, str]) -> bool:
+    """A label selector string: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, ``k in (a,b)``,
+    ``k notin (a,b)``, comma-separated (all must hold)."""
+    for term in re.split(r",(?![^()]*\))", selector):
+        m = _TERM.match(term)
+        if m is None:
+            raise Invalid(f"unable to parse requirement: {term!r}")
+        bang, key, op, value, set_op, values = m.groups()
+        has, got = key in labels, labels.get(key)
+        choices = {v.strip() for v in (values or "").split(",")}
+        ok = (not has if bang else
+              got == value if op in ("=", "==") else
+              got != value if op == "!=" else
+              has and got in choices if set_op == "in" else
+              got not in choices if set_op == "notin" else has)
+        if not ok:
+            return False
+    return True
+
+
+def _fields_match(selector: str, obj: dict[str, Any]) -> bool:
+    """A field selector string: ``path=value``, ``path==value``, ``path!=value``, comma-separated."""
+    for term in selector.split(","):
+        path, op, want = re.split(r"(==|!=|=)", term, maxsplit=1)
+        value: Any = obj
+        for part in path.strip().split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        text = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        if (text == want.strip()) != (op != "!="):
+            return False
+    return True
+
+
 def _scaled(value: Any, total: int) -> int:
     """An int-or-percent of ``total``, rounded up (as the disruption controller does)."""
     if isinstance(value, str) and value.endswith("%"):
@@ -223,18 +260,11 @@ class FakeCluster:
         for (kind, ns, _), obj in sorted(self.objects.items()):
             if kind != read.kind or (read.namespace and ns != read.namespace):
                 continue
-            if read.field_selector:
-                path, _, want = read.field_selector.partition("=")
-                value: Any = obj
-                for part in path.split("."):
-                    value = value.get(part) if isinstance(value, dict) else None
-                if value != want:
-                    continue
-            if read.label_selector:
-                labels = obj["metadata"].get("labels") or {}
-                pairs = [p.split("=", 1) for p in read.label_selector.split(",")]
-                if any(labels.get(k) != v for k, v in pairs):
-                    continue
+            if read.field_selector and not _fields_match(read.field_selector, obj):
+                continue
+            if read.label_selector and not _labels_match(
+                    read.label_selector, obj["metadata"].get("labels") or {}):
+                continue
             out.append(copy.deepcopy(obj))
         return out
 
