@@ -226,9 +226,18 @@ async def test_create_of_an_existing_object_is_already_exists(backend: Backend) 
     assert (await get(backend, "ConfigMap", "cm"))["data"] == {"a": "1"}
 
 
-async def test_patch_of_a_missing_object_is_not_found(backend: Backend) -> None:
+async def test_patch_or_evict_of_a_missing_object_is_not_found(backend: Backend) -> None:
     with pytest.raises(NotFound):
         await backend.port.mutate(Patch(ObjectRef("ConfigMap", backend.ns, "nope"), "merge", {"data": {"a": "1"}}))
+    with pytest.raises(NotFound):
+        await backend.port.mutate(Evict(ObjectRef("Pod", backend.ns, "nope")))
+
+
+async def test_create_in_a_missing_namespace_is_not_found(backend: Backend) -> None:
+    with pytest.raises(NotFound):
+        await backend.port.mutate(configmap("no-such-namespace", "cm", a="1"))
+    with pytest.raises(NotFound):
+        await backend.port.mutate(configmap("no-such-namespace", "cm", a="1"), dry_run=True)
 
 
 async def test_merge_patch_changes_the_object_and_bumps_the_resource_version(backend: Backend) -> None:
@@ -405,6 +414,18 @@ async def test_an_identity_may_do_what_its_action_may_and_nothing_else(backend: 
         await b.port.mutate(Delete(ObjectRef("Pod", b.ns, "p")), identity=me, dry_run=True)
     await b.port.ensure_identity(me, "update_configmap", b.ns)  # idempotent
     assert await get(b, "Pod", "p") is not None
+
+
+async def test_a_node_action_identity_is_bound_cluster_wide(backend: Backend) -> None:
+    b = backend
+    me = Identity(b.ns, action_service_account("cordon_node"))
+    node = ObjectRef("Node", "", f"{b.ns}-node")
+    with pytest.raises(Forbidden):
+        await b.port.read(Get("node", node), identity=me)
+    await b.port.ensure_identity(me, "cordon_node", "")
+    assert await b.port.read(Get("node", node), identity=me) is None
+    with pytest.raises(Forbidden):
+        await b.port.read(Get("cm", ObjectRef("ConfigMap", b.ns, "cm")), identity=me)
 
 
 # --------------------------------------------------------------------------- executions and Jobs

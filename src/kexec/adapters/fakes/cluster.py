@@ -301,6 +301,7 @@ class FakeCluster:
             self._authorize(identity, ref.kind, ref.namespace, "create", "")
             if key in self.objects:
                 raise AlreadyExists(f"{ref} already exists")
+            self._namespace_exists(ref)
             self._admit(ref.kind)
             if dry_run:
                 return copy.deepcopy(mutation.body)
@@ -313,6 +314,7 @@ class FakeCluster:
             self._authorize(identity, ref.kind, ref.namespace, "patch", ref.name)
             if current is None:
                 self._authorize(identity, ref.kind, ref.namespace, "create", "")
+                self._namespace_exists(ref)
             base = current or {}
             new = merge_patch(base, mutation.body)
         else:
@@ -355,6 +357,11 @@ class FakeCluster:
         if ref.kind == "Deployment" and self.auto_settle:
             self._settle_deployment(new)
         return copy.deepcopy(new)
+
+    def _namespace_exists(self, ref: ObjectRef) -> None:
+        """Objects are created only in a namespace that exists (the apiserver answers 404)."""
+        if KINDS[ref.kind].namespaced and ("Namespace", "", ref.namespace) not in self.objects:
+            raise NotFound(f'namespaces "{ref.namespace}" not found')
 
     def _disruption_budget_spent(self, pod: dict[str, Any]) -> bool:
         """The eviction API's check: a Running pod selected by a PodDisruptionBudget that
