@@ -309,6 +309,35 @@ async def test_a_failed_json_patch_test_changes_nothing(backend: Backend) -> Non
     assert (after["data"], rv(after)) == ({"a": "1"}, rv(before))
 
 
+async def test_the_main_resource_and_its_status_subresource_write_only_their_own_part(backend: Backend) -> None:
+    b = backend
+    ref = ObjectRef("Pod", b.ns, "p")
+    await b.port.mutate(pod(b.ns, "p", {"app": "p"}))
+    await b.port.mutate(Patch(ref, "merge", {"metadata": {"labels": {"main": "1"}}, "status": {"phase": "Running"}}))
+    obj = await get(b, "Pod", "p")
+    assert obj["metadata"]["labels"] == {"app": "p", "main": "1"}
+    assert (obj.get("status") or {}).get("phase") != "Running"
+    await b.port.mutate(Patch(ref, "merge", {"spec": {"activeDeadlineSeconds": 60}, "status": {"phase": "Running"}},
+                              subresource="status"))
+    obj = await get(b, "Pod", "p")
+    assert obj["status"]["phase"] == "Running"
+    assert "activeDeadlineSeconds" not in obj["spec"]
+
+
+async def test_scale_through_the_scale_subresource_as_the_action_identity(backend: Backend) -> None:
+    b = backend
+    me = Identity(b.ns, action_service_account("scale_deployment"))
+    dep = ObjectRef("Deployment", b.ns, "web")
+    await b.port.mutate(deployment(b.ns, "web"))
+    await b.port.ensure_identity(me, "scale_deployment", b.ns)
+    await b.port.mutate(Patch(dep, "merge", {"spec": {"replicas": 2}}, "scale"), identity=me, dry_run=True)
+    assert (await get(b, "Deployment", "web"))["spec"]["replicas"] == 0
+    await b.port.mutate(Patch(dep, "merge", {"spec": {"replicas": 2}}, "scale"), identity=me)
+    assert (await get(b, "Deployment", "web"))["spec"]["replicas"] == 2
+    with pytest.raises(Forbidden):
+        await b.port.mutate(Patch(dep, "merge", {"spec": {"replicas": 3}}), identity=me)
+
+
 async def test_a_stale_resource_version_in_a_patch_is_a_conflict(backend: Backend) -> None:
     b = backend
     created = await b.port.mutate(configmap(b.ns, "cm", a="1"))

@@ -55,6 +55,10 @@ from kexec.domain.resources import (
 )
 
 Key = tuple[str, str, str]
+# Kinds with a status subresource (their main resource ignores status writes).
+STATUS_KINDS = frozenset({"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Pod", "Node",
+                          "Namespace", "Service", "Job", "PodDisruptionBudget",
+                          "HorizontalPodAutoscaler"})
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -334,6 +338,14 @@ class FakeCluster:
                     current, body)
             if want_rv and want_rv != current["metadata"]["resourceVersion"]:
                 raise Conflict(f"{ref}: the object has been modified")
+        if current is not None and ref.kind in STATUS_KINDS and sub in ("", "status"):
+            # The main resource ignores status; the status subresource writes only status.
+            part = new.get("status")
+            new = copy.deepcopy(current) if sub == "status" else new
+            new.pop("status", None)
+            status = part if sub == "status" else current.get("status")
+            if status is not None:
+                new["status"] = copy.deepcopy(status)
         self._admit(ref.kind)
         self._validate(ref.kind, new)
         if dry_run:
