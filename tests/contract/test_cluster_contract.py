@@ -338,6 +338,28 @@ async def test_scale_through_the_scale_subresource_as_the_action_identity(backen
         await b.port.mutate(Patch(dep, "merge", {"spec": {"replicas": 3}}), identity=me)
 
 
+async def test_server_side_apply_creates_updates_and_drops_what_it_no_longer_applies(backend: Backend) -> None:
+    b = backend
+    ref = ObjectRef("ConfigMap", b.ns, "cm")
+
+    def manifest(**data: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": b.ns,
+                                                                      "labels": {"applied": "yes"}}, "data": data}
+
+    await b.port.mutate(Patch(ref, "apply", manifest(a="1")), dry_run=True)
+    assert await get(b, "ConfigMap", "cm") is None
+    created = await b.port.mutate(Patch(ref, "apply", manifest(a="1", b="2")))
+    assert created["data"] == {"a": "1", "b": "2"}
+    await b.port.mutate(Patch(ref, "merge", {"data": {"other": "x"}}))  # another writer's field
+    updated = await b.port.mutate(Patch(ref, "apply", manifest(a="10")))
+    assert rv(updated) > rv(created)
+    obj = await get(b, "ConfigMap", "cm")
+    assert obj["data"] == {"a": "10", "other": "x"}
+    assert obj["metadata"]["labels"] == {"applied": "yes"}
+    await b.port.mutate(Patch(ref, "apply", manifest(a="20")), dry_run=True)
+    assert (await get(b, "ConfigMap", "cm"))["data"] == {"a": "10", "other": "x"}
+
+
 async def test_a_stale_resource_version_in_a_patch_is_a_conflict(backend: Backend) -> None:
     b = backend
     created = await b.port.mutate(configmap(b.ns, "cm", a="1"))

@@ -119,6 +119,20 @@ def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
         raise Invalid(f"the server rejected our request due to an error in our request: {exc}") from None
 
 
+def _unapply(obj: Any, before: Any, now: Any) -> Any:
+    """Server-side apply by one field manager: fields it applied before and no longer
+    applies are removed (other writers' fields stay). Maps only; lists are replaced."""
+    if not (isinstance(obj, dict) and isinstance(before, dict)):
+        return obj
+    out = dict(obj)
+    for k, v in before.items():
+        if not isinstance(now, dict) or k not in now:
+            out.pop(k, None)
+        elif k in out:
+            out[k] = _unapply(out[k], v, now[k])
+    return out
+
+
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     """A LabelSelector (matchLabels, matchExpressions) matches ``labels``."""
     if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
@@ -214,6 +228,7 @@ class FakeCluster:
         self.service_accounts: set[tuple[str, str]] = set()
         self.rejections: dict[str, str] = {}  # kind → admission message
         self.blocked_evictions: set[Key] = set()  # pods a PDB protects
+        self.applied: dict[Key, tuple[str, Any]] = {}  # server-side apply: (uid, last body)
         self.job_outcomes: dict[str, list[int]] = {}  # job name → exit codes per attempt
         self.job_handler: JobHandler | None = None
         self.kill_switch = False
@@ -320,6 +335,9 @@ class FakeCluster:
                 self._authorize(identity, ref.kind, ref.namespace, "create", "")
                 self._namespace_exists(ref)
             base = current or {}
+            last = self.applied.get(key)
+            if current is not None and last and last[0] == current["metadata"]["uid"]:
+                base = _unapply(base, last[1], mutation.body)
             new = merge_patch(base, mutation.body)
         else:
             self._authorize(identity, ref.kind, ref.namespace, verb, ref.name, sub)
@@ -351,7 +369,10 @@ class FakeCluster:
         if dry_run:
             return new
         self._write(ref.kind)
-        return self._store(ref, current, new)
+        stored = self._store(ref, current, new)
+        if isinstance(mutation, Patch) and mutation.patch_type == "apply":
+            self.applied[key] = (stored["metadata"]["uid"], copy.deepcopy(mutation.body))
+        return stored
 
     def _store(self, ref: ObjectRef, current: dict[str, Any] | None, new: dict[str, Any]) -> Any:
         if current is None:
