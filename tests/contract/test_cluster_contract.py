@@ -216,6 +216,26 @@ async def test_list_filters_by_field_selector(backend: Backend) -> None:
         assert sorted(o["metadata"]["name"] for o in found) == names, selector
 
 
+async def test_cordon_a_cluster_scoped_node_and_find_it_by_field(backend: Backend) -> None:
+    b = backend
+    name = f"{b.ns}-node"
+    ref = ObjectRef("Node", "", name)
+    created = await b.port.mutate(Create(ref, {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": name, "labels": {"contract": b.ns}}, "spec": {}}))
+    try:
+        assert "namespace" not in created["metadata"]
+        cordoned = await b.port.mutate(Patch(ref, "merge", {"spec": {"unschedulable": True}}))
+        assert rv(cordoned) > rv(created)
+        for selector, names in {"spec.unschedulable=true": [name], "spec.unschedulable=false": [],
+                                f"metadata.name={name}": [name]}.items():
+            found = await b.port.read(List("nodes", "Node", label_selector=f"contract={b.ns}",
+                                           field_selector=selector))
+            assert [o["metadata"]["name"] for o in found] == names, selector
+    finally:
+        await b.port.mutate(Delete(ref))
+    assert await b.port.read(Get("node", ref)) is None
+
+
 # --------------------------------------------------------------------------- mutations
 
 
@@ -513,6 +533,8 @@ async def test_create_job_twice_makes_one_job(backend: Backend) -> None:
     assert [j["metadata"]["name"] for j in jobs] == [job.name]
     assert jobs[0]["metadata"]["ownerReferences"][0]["uid"] == ex.uid
     state = await b.port.get_job(b.ns, job.name)
-    assert state is not None and state.name == job.name and not state.finished
+    assert state is not None
+    assert (state.name, state.finished, state.success, state.pod_name, state.exit_code, state.report) == (
+        job.name, False, False, "", None, None)
     assert await b.port.get_job(b.ns, "no-such-job") is None
 

@@ -531,8 +531,9 @@ class FakeCluster:
             name=name, active=job.active, succeeded=job.succeeded, failed=job.failed,
             finished=job.finished, success=job.success, reason=job.reason,
             message=str((job.report or {}).get("message", "")),
-            pod_name=f"{name}-pod-{job.succeeded + job.failed}" if job.finished or job.active
-            else "", exit_code=job.exit_code, report=copy.deepcopy(job.report),
+            # like the real adapter: the pod and its report are read once the Job finished
+            pod_name=f"{name}-pod-{job.succeeded + job.failed}" if job.finished else "",
+            exit_code=job.exit_code, report=copy.deepcopy(job.report),
         )
 
     async def run_jobs(self) -> int:
