@@ -253,6 +253,17 @@ async def test_patch_or_evict_of_a_missing_object_is_not_found(backend: Backend)
         await backend.port.mutate(Evict(ObjectRef("Pod", backend.ns, "nope")))
 
 
+async def test_create_takes_the_namespace_of_the_request(backend: Backend) -> None:
+    b = backend
+    body = configmap(b.ns, "cm", a="1").body
+    del body["metadata"]["namespace"]
+    created = await b.port.mutate(Create(ObjectRef("ConfigMap", b.ns, "cm"), body))
+    assert created["metadata"]["namespace"] == b.ns
+    assert (await get(b, "ConfigMap", "cm"))["data"] == {"a": "1"}
+    with pytest.raises(Invalid):  # a body naming another namespace than the request's
+        await b.port.mutate(Create(ObjectRef("ConfigMap", b.ns, "cm2"), configmap(b.other_ns, "cm2", a="1").body))
+
+
 async def test_create_in_a_missing_namespace_is_not_found(backend: Backend) -> None:
     with pytest.raises(NotFound):
         await backend.port.mutate(configmap("no-such-namespace", "cm", a="1"))

@@ -321,11 +321,16 @@ class FakeCluster:
             if key in self.objects:
                 raise AlreadyExists(f"{ref} already exists")
             self._namespace_exists(ref)
+            body = copy.deepcopy(mutation.body)
+            if KINDS[ref.kind].namespaced:  # the request's namespace, as the apiserver does
+                if body.setdefault("metadata", {}).setdefault("namespace", ref.namespace) != ref.namespace:
+                    raise Invalid("the namespace of the provided object does not match the "
+                                  "namespace sent on the request")
             self._admit(ref.kind)
             if dry_run:
-                return copy.deepcopy(mutation.body)
+                return body
             self._write(ref.kind)
-            return self.add(mutation.body)
+            return self.add(body)
         verb = "update" if isinstance(mutation, Replace) else "patch"
         sub = mutation.subresource
         current = self.objects.get(key)
