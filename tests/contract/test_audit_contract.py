@@ -33,7 +33,8 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 class Store(Protocol):
     """The port plus a way to read back what it holds (each implementation's own)."""
 
-    port: AuditPort
+    @property
+    def port(self) -> AuditPort: ...
 
     async def stored(self, uid: str) -> tuple[ExecutionRecord | None, list[TransitionRecord]]: ...
 

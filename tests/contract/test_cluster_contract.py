@@ -13,7 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,8 @@ class Backend:
     name: str
     port: ClusterPort
     ns: str
-    settle_pdb: Callable[[str], Awaitable[None]]
-    other_ns: str = ""
-    cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    other_ns: str  # a second fresh namespace
+    settle_pdb: Callable[[str], Awaitable[None]]  # until the PDB's status is computed
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +105,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         async def nothing(_: str) -> None:
             return None  # the fake decides an eviction from the PDB and the pods themselves
 
-        yield Backend("fake", fake, ns, nothing, other)
+        yield Backend("fake", fake, ns, other, nothing)
         return
     cp: ControlPlane = request.getfixturevalue("installed")
     cfg = Configuration()
@@ -125,7 +124,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             await until(computed, f"the disruption controller to compute PDB {ns}/{pdb}")
 
         try:
-            yield Backend("real", port, ns, settle_pdb, other)
+            yield Backend("real", port, ns, other, settle_pdb)
         finally:
             for name in (ns, other):
                 try:
