@@ -97,15 +97,6 @@ class Patch:
 
 
 @dataclass(frozen=True)
-class Replace:
-    """Full update; ``body.metadata.resourceVersion`` guards against lost updates."""
-
-    ref: ObjectRef
-    body: dict[str, Any]
-    subresource: str = ""
-
-
-@dataclass(frozen=True)
 class Create:
     ref: ObjectRef
     body: dict[str, Any]
@@ -126,7 +117,7 @@ class Evict:
     grace_period_seconds: int | None = None
 
 
-Mutation = Patch | Replace | Create | Delete | Evict
+Mutation = Patch | Create | Delete | Evict
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """In-memory AuditPort fake for tests: the same semantics as PostgresAudit.
 
-- idempotent on (execution_uid, seq): a transition is stored once, re-sends are no-ops;
+- idempotent on (execution_uid, seq): a transition is stored once, re-sends are no-ops
+  (of one seq sent twice in a call, the last is stored);
 - the execution row is only overwritten by a record whose newest seq is >= the stored
   one (a record without transitions only creates a missing row);
 - ``down = True`` (or ``fail_next(n)``) makes every call raise AuditUnavailable, like a
@@ -68,8 +69,10 @@ class InMemoryAudit:
                 execution = replace(execution, created_at=row.record.created_at)
             self._rows[uid] = _Row(execution, last_seq)
         events = self._events.setdefault(uid, {})
-        for t in transitions:
-            events.setdefault(t.seq, t)
+        # Within one call the last of a duplicated seq is the one stored (as in PostgreSQL);
+        # a seq already stored is never rewritten.
+        for seq, t in {t.seq: t for t in transitions}.items():
+            events.setdefault(seq, t)
         self.writes += 1
 
     async def confirmed_transitions(self, execution_uid: str) -> int:

@@ -11,26 +11,19 @@ Job's ServiceAccount — or whose outcomes the test dictates.
 from __future__ import annotations
 
 import copy
-import hashlib
-import itertools
-import json
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
+from kexec.adapters.fakes.api import FakeApi, FakeJob
 from kexec.adapters.kubernetes.wire import status_from_wire, status_to_wire
-from kexec.application.ports.clock import Clock
 from kexec.application.ports.cluster import (
     AlreadyExists,
     Conflict,
-    Forbidden,
     Identity,
     Invalid,
     JobRequest,
     JobState,
     NotFound,
-    TooManyRequests,
 )
 from kexec.application.run_action import (
     EXIT_PERMANENT,
@@ -40,312 +33,22 @@ from kexec.application.run_action import (
     request_from_env,
 )
 from kexec.domain.actions import ACTIONS
-from kexec.domain.actions._workload import REVISION
-from kexec.domain.actions.rollback_deployment import HASH_LABEL
-from kexec.domain.execution import REQUESTED_BY, REQUESTED_BY_GROUPS, Execution, iso
+from kexec.domain.execution import (
+    API_VERSION,
+    KIND,
+    REQUESTED_BY,
+    REQUESTED_BY_GROUPS,
+    Execution,
+)
 from kexec.domain.resources import (
-    KINDS,
-    Create,
-    Delete,
-    Evict,
-    Get,
-    List,
     Mutation,
-    ObjectRef,
-    Patch,
     Read,
-    Replace,
-    Rule,
 )
 from kexec.domain.safety import Permission
 from kexec.domain.spec import APPROVAL_FIELDS
 
-Key = tuple[str, str, str]
 
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
-
-
-def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
-    """RFC 6902 JSON patch (add/remove/replace/test on object paths)."""
-    doc = copy.deepcopy(target)
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        parent = doc
-        for p in parts[:-1]:
-            parent = parent[int(p)] if isinstance(parent, list) else parent.setdefault(p, {})
-        last = parts[-1]
-        if op["op"] in ("add", "replace"):
-            if isinstance(parent, list):
-                parent.insert(int(last), op["value"]) if op["op"] == "add" else parent.__setitem__(
-                    int(last), op["value"])
-            else:
-                parent[last] = copy.deepcopy(op["value"])
-        elif op["op"] == "remove":
-            del parent[int(last) if isinstance(parent, list) else last]
-        elif op["op"] == "test":
-            value = parent[int(last)] if isinstance(parent, list) else parent.get(last)
-            if value != op["value"]:
-                raise Invalid(f"json patch test failed at {op['path']}")
-    return doc
-
-
-@dataclass
-class FakeJob:
-    request: JobRequest
-    active: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    finished: bool = False
-    success: bool = False
-    reason: str = ""
-    report: dict[str, Any] | None = None
-    exit_code: int | None = None
-
-
-JobHandler = Callable[[JobRequest, "FakeCluster"], Awaitable[RunReport]]
-
-
-@dataclass
-class _Counter:
-    writes: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
-
-    def add(self, kind: str) -> None:
-        self.writes += 1
-        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
-
-
-class FakeCluster:
-    def __init__(self, clock: Clock, *, auto_settle: bool = True) -> None:
-        self.clock = clock
-        self.auto_settle = auto_settle
-        self.objects: dict[Key, dict[str, Any]] = {}
-        self.executions: dict[tuple[str, str], Execution] = {}
-        self.jobs: dict[tuple[str, str], FakeJob] = {}
-        self.events: list[tuple[str, str, str, str]] = []  # (execution key, type, reason, msg)
-        self.grants: dict[str, list[tuple[str, Rule]]] = {}  # username → (namespace|"", rule)
-        self.bindings: set[tuple[str, str, str]] = set()
-        self.service_accounts: set[tuple[str, str]] = set()
-        self.rejections: dict[str, str] = {}  # kind → admission message
-        self.blocked_evictions: set[Key] = set()  # pods a PDB protects
-        self.job_outcomes: dict[str, list[int]] = {}  # job name → exit codes per attempt
-        self.job_handler: JobHandler | None = None
-        self.kill_switch = False
-        # Admission, as deploy/admission.yaml does it: the creating user is stamped on every
-        # execution; approval fields are the only spec fields that may change.
-        self.acting_user = "orchestrator"
-        self.acting_groups: tuple[str, ...] = ("system:authenticated",)
-        self.admission_missing = ""
-        self.immutable_spec = True
-        # What people may do (SubjectAccessReview); None = everything.
-        self.user_rules: dict[str, list[tuple[str, Rule]]] | None = None
-        self.counter = _Counter()
-        self._rv = itertools.count(1000)
-
-    # --- seeding helpers (tests) ------------------------------------------------------
-
-    def add(self, obj: dict[str, Any]) -> dict[str, Any]:
-        obj = copy.deepcopy(obj)
-        kind = obj["kind"]
-        info = KINDS[kind]
-        obj.setdefault("apiVersion", info.api_version)
-        m = obj.setdefault("metadata", {})
-        if not info.namespaced:
-            m.pop("namespace", None)
-        m.setdefault("uid", str(uuid.uuid4()))
-        m["resourceVersion"] = str(next(self._rv))
-        m.setdefault("creationTimestamp", iso(self.clock.now()))
-        if "spec" in obj and kind not in ("Pod", "Node"):
-            m.setdefault("generation", 1)
-        self.objects[self._key(kind, m.get("namespace", ""), m["name"])] = obj
-        if kind == "Deployment" and self.auto_settle:
-            self._settle_deployment(obj)
-        return copy.deepcopy(obj)
-
-    def obj(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        found = self.objects.get(self._key(kind, namespace, name))
-        return copy.deepcopy(found) if found else None
-
-    def reject(self, kind: str, message: str) -> None:
-        """Admission rejects every write (and dry run) of this kind."""
-        self.rejections[kind] = message
-
-    def block_eviction(self, namespace: str, pod: str) -> None:
-        self.blocked_evictions.add(("Pod", namespace, pod))
-
-    # --- ClusterPort: reads -------------------------------------------------------------
-
-    async def read(self, read: Read, identity: Identity | None = None) -> Any:
-        if isinstance(read, Get):
-            ref = read.ref
-            self._authorize(identity, ref.kind, ref.namespace, "get", ref.name)
-            return self.obj(ref.kind, ref.namespace, ref.name)
-        assert isinstance(read, List)
-        self._authorize(identity, read.kind, read.namespace, "list", "")
-        out = []
-        for (kind, ns, _), obj in sorted(self.objects.items()):
-            if kind != read.kind or (read.namespace and ns != read.namespace):
-                continue
-            if read.field_selector:
-                path, _, want = read.field_selector.partition("=")
-                value: Any = obj
-                for part in path.split("."):
-                    value = value.get(part) if isinstance(value, dict) else None
-                if value != want:
-                    continue
-            if read.label_selector:
-                labels = obj["metadata"].get("labels") or {}
-                pairs = [p.split("=", 1) for p in read.label_selector.split(",")]
-                if any(labels.get(k) != v for k, v in pairs):
-                    continue
-            out.append(copy.deepcopy(obj))
-        return out
-
-    # --- ClusterPort: writes ------------------------------------------------------------
-
-    async def mutate(
-        self, mutation: Mutation, *, identity: Identity | None = None, dry_run: bool = False
-    ) -> Any:
-        ref = mutation.ref
-        key = self._key(ref.kind, ref.namespace, ref.name)
-        if isinstance(mutation, Evict):
-            self._authorize(identity, "Pod", ref.namespace, "create", ref.name, "eviction")
-            if key not in self.objects:
-                raise NotFound(f"pods {ref.name!r} not found")
-            if key in self.blocked_evictions:
-                raise TooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.")
-            if not dry_run:
-                self._write("Pod")
-                del self.objects[key]
-            return None
-        if isinstance(mutation, Delete):
-            self._authorize(identity, ref.kind, ref.namespace, "delete", ref.name)
-            current = self.objects.get(key)
-            if current is None:
-                raise NotFound(f"{ref} not found")
-            if mutation.uid and current["metadata"]["uid"] != mutation.uid:
-                raise Conflict(f"{ref}: precondition failed: uid")
-            self._admit(ref.kind)
-            if not dry_run:
-                self._write(ref.kind)
-                del self.objects[key]
-            return None
-        if isinstance(mutation, Create):
-            self._authorize(identity, ref.kind, ref.namespace, "create", "")
-            if key in self.objects:
-                raise AlreadyExists(f"{ref} already exists")
-            self._admit(ref.kind)
-            if dry_run:
-                return copy.deepcopy(mutation.body)
-            self._write(ref.kind)
-            return self.add(mutation.body)
-        verb = "update" if isinstance(mutation, Replace) else "patch"
-        sub = mutation.subresource
-        current = self.objects.get(key)
-        if isinstance(mutation, Patch) and mutation.patch_type == "apply":
-            self._authorize(identity, ref.kind, ref.namespace, "patch", ref.name)
-            if current is None:
-                self._authorize(identity, ref.kind, ref.namespace, "create", "")
-            base = current or {}
-            new = merge_patch(base, mutation.body)
-        else:
-            self._authorize(identity, ref.kind, ref.namespace, verb, ref.name, sub)
-            if current is None:
-                raise NotFound(f"{ref} not found")
-            body = mutation.body
-            if isinstance(mutation, Replace):
-                want_rv = (body.get("metadata") or {}).get("resourceVersion")
-                new = copy.deepcopy(body)
-            elif mutation.patch_type == "json":
-                want_rv = None
-                new = json_patch(current, cast(list[dict[str, Any]], body))
-            else:
-                want_rv = (body.get("metadata") or {}).get("resourceVersion")
-                new = merge_patch(current, body)
-            if want_rv and want_rv != current["metadata"]["resourceVersion"]:
-                raise Conflict(f"{ref}: the object has been modified")
-        self._admit(ref.kind)
-        self._validate(ref.kind, new)
-        if dry_run:
-            return new
-        self._write(ref.kind)
-        return self._store(ref, current, new)
-
-    def _store(self, ref: ObjectRef, current: dict[str, Any] | None, new: dict[str, Any]) -> Any:
-        if current is None:
-            new.setdefault("apiVersion", KINDS[ref.kind].api_version)
-            new.setdefault("kind", ref.kind)
-            return self.add(new)
-        m = new["metadata"]
-        for field_ in ("uid", "creationTimestamp", "name", "namespace"):
-            if field_ in current["metadata"]:
-                m[field_] = current["metadata"][field_]
-        m["resourceVersion"] = str(next(self._rv))
-        if "generation" in current["metadata"] and new.get("spec") != current.get("spec"):
-            m["generation"] = current["metadata"]["generation"] + 1
-        self.objects[self._key(ref.kind, ref.namespace, ref.name)] = new
-        if ref.kind == "Deployment" and self.auto_settle:
-            self._settle_deployment(new)
-        return copy.deepcopy(new)
-
-    def _validate(self, kind: str, obj: dict[str, Any]) -> None:
-        if kind == "Deployment":
-            replicas = (obj.get("spec") or {}).get("replicas", 1)
-            if not isinstance(replicas, int) or replicas < 0:
-                raise Invalid("spec.replicas: Invalid value: must be greater than or equal to 0")
-            containers = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
-                "containers")
-            if not containers:
-                raise Invalid("spec.template.spec.containers: Required value")
-
-    def _admit(self, kind: str) -> None:
-        if kind in self.rejections:
-            raise Invalid(f"admission webhook denied the request: {self.rejections[kind]}")
-
-    # --- the deployment controller, in miniature -------------------------------------
-
-    def _settle_deployment(self, dep: dict[str, Any]) -> None:
-        m = dep["metadata"]
-        ns = m.get("namespace", "")
-        template = dep["spec"]["template"]
-        h = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
-        sets = [o for (k, n, _), o in self.objects.items() if k == "ReplicaSet" and n == ns
-                and any(r.get("uid") == m["uid"] for r in o["metadata"].get("ownerReferences", []))]
-        top = max((int(s["metadata"]["annotations"].get(REVISION, "0")) for s in sets), default=0)
-        mine = next((s for s in sets if s["metadata"]["labels"].get(HASH_LABEL) == h), None)
-        if mine is None or int(mine["metadata"]["annotations"][REVISION]) != top:
-            rev = top + 1
-            rs_template = copy.deepcopy(template)
-            rs_template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = h
-            rs = {
-                "kind": "ReplicaSet",
-                "metadata": {
-                    "name": f"{m['name']}-{h}", "namespace": ns,
-                    "labels": {HASH_LABEL: h},
-                    "annotations": {REVISION: str(rev)},
-                    "ownerReferences": [{"kind": "Deployment", "name": m["name"],
-                                         "uid": m["uid"], "controller": True}],
-                },
-                "spec": {"template": rs_template},
-            }
-            self.objects.pop(("ReplicaSet", ns, f"{m['name']}-{h}"), None)
-            self.add(rs)
-            m.setdefault("annotations", {})[REVISION] = str(rev)
-        n = dep["spec"].get("replicas", 1)
-        dep["status"] = {"observedGeneration": m.get("generation", 1), "replicas": n,
-                         "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}
-
+class FakeCluster(FakeApi):
     # --- identities (RBAC from the actions' rules) --------------------------------------
 
     async def ensure_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
@@ -359,25 +62,6 @@ class FakeCluster:
             for rule in ACTIONS[action].rules:
                 self.grants.setdefault(identity.username, []).append((target_namespace, rule))
             # The runner also reads its own pod's namespace facts; nothing else.
-
-    def _authorize(
-        self, identity: Identity | None, kind: str, namespace: str, verb: str, name: str,
-        subresource: str = "",
-    ) -> None:
-        if identity is None:
-            return  # the admin / controller credential
-        info = KINDS[kind]
-        resource = info.plural + (f"/{subresource}" if subresource else "")
-        for scope, rule in self.grants.get(identity.username, []):
-            if scope and scope != namespace:
-                continue
-            if (info.group in rule.api_groups and resource in rule.resources
-                    and verb in rule.verbs
-                    and (not rule.resource_names or name in rule.resource_names)):
-                return
-        where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-        raise Forbidden(f'User "{identity.username}" cannot {verb} resource "{resource}" '
-                        f'in API group "{info.group}"{where}')
 
     async def revoke_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
         binding = (identity.username, action, target_namespace)
@@ -424,6 +108,13 @@ class FakeCluster:
             return
         self._write("Job")
         self.jobs[key] = FakeJob(job, active=1)
+        self.add({"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+            "name": job.name, "namespace": job.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "kexec", **job.labels},
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND, "name": job.execution_name,
+                                 "uid": job.execution_uid, "controller": True}]},
+            "spec": {"backoffLimit": job.backoff_limit,
+                     "activeDeadlineSeconds": job.active_deadline_seconds}})
 
     async def get_job(self, namespace: str, name: str) -> JobState | None:
         job = self.jobs.get((namespace, name))
@@ -433,8 +124,9 @@ class FakeCluster:
             name=name, active=job.active, succeeded=job.succeeded, failed=job.failed,
             finished=job.finished, success=job.success, reason=job.reason,
             message=str((job.report or {}).get("message", "")),
-            pod_name=f"{name}-pod-{job.succeeded + job.failed}" if job.finished or job.active
-            else "", exit_code=job.exit_code, report=copy.deepcopy(job.report),
+            # like the real adapter: the pod and its report are read once the Job finished
+            pod_name=f"{name}-pod-{job.succeeded + job.failed}" if job.finished else "",
+            exit_code=job.exit_code, report=copy.deepcopy(job.report),
         )
 
     async def run_jobs(self) -> int:
@@ -563,15 +255,6 @@ class FakeCluster:
 
     async def paused(self) -> bool:
         return self.kill_switch
-
-    # --- internals -------------------------------------------------------------------------
-
-    def _write(self, kind: str) -> None:
-        self.counter.add(kind)
-
-    @staticmethod
-    def _key(kind: str, namespace: str, name: str) -> Key:
-        return (kind, namespace if KINDS[kind].namespaced else "", name)
 
 
 def _pinned(spec: dict[str, Any]) -> dict[str, Any]:

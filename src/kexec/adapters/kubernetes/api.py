@@ -33,7 +33,6 @@ from kexec.domain.resources import (
     Mutation,
     Patch,
     Read,
-    Replace,
 )
 
 log = logging.getLogger(__name__)
@@ -212,10 +211,6 @@ class KubernetesApi:
         if isinstance(mutation, Create):
             return await self.request("POST", path_for(ref.kind, ref.namespace), query=query,
                                       body=mutation.body, identity=identity)
-        if isinstance(mutation, Replace):
-            return await self.request(
-                "PUT", path_for(ref.kind, ref.namespace, ref.name, mutation.subresource),
-                query=query, body=mutation.body, identity=identity)
         assert isinstance(mutation, Patch)
         if mutation.patch_type == "apply":
             query += [("fieldManager", self.field_manager), ("force", "true")]
