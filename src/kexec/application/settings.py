@@ -18,6 +18,8 @@ class Settings:
     requeue_poll_seconds: float = 1.0
     requeue_policy_unavailable_seconds: float = 5.0
     requeue_paused_seconds: float = 10.0
+    # Drain progress in status: at most one write per this many seconds.
+    progress_interval_seconds: float = 3.0
     service_account_prefix: str = "kexec-"
     # Approval by the requester themselves counts only when this is set.
     allow_self_approval: bool = False

@@ -115,6 +115,9 @@ class ValidationStep(StepBase):
         if not dry.success:
             new.dry_run_failed(dry, now)
             return await self._commit(ex, new)
+        progress = action.progress(params, snap)
+        if progress is not None:
+            new.progress_observed(progress, now)  # the baseline: pods to evict
         new.validated(dry_run=dry, guard=action.guard(params, snap),
                       before=redact(action.summarize(snap.get("target")), secrets),
                       requires_approval=decision.requires_approval, now=now)
