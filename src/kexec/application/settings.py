@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kexec.application.limits import LimitSettings
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -23,6 +25,8 @@ class Settings:
     service_account_prefix: str = "kexec-"
     # Approval by the requester themselves counts only when this is set.
     allow_self_approval: bool = False
+    # Concurrency limits (queue, never fail): knobs of the policy data.
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     @property
     def trusted(self) -> frozenset[str]:

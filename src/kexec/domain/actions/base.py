@@ -98,6 +98,8 @@ class Action(ABC, Generic[P]):
     rules: ClassVar[tuple[Rule, ...]]
     params_doc: ClassVar[tuple[Param, ...]]
     node_action: ClassVar[bool] = False
+    # Takes its node out of service (cordon, drain): counted by the node limits.
+    takes_node_out_of_service: ClassVar[bool] = False
     # Kinds whose values must never be recorded (update_secret).
     sensitive: ClassVar[bool] = False
 

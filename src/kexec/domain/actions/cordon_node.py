@@ -73,3 +73,4 @@ class CordonNode(_SetSchedulable):
     description = "Mark a Node unschedulable."
     unschedulable = True
     inverse = "uncordon_node"
+    takes_node_out_of_service = True

@@ -53,6 +53,7 @@ class DrainNode(Action[DrainParams]):
     description = "Cordon a Node and evict its pods through the Eviction API (PDBs honoured)."
     default_timeout_seconds = 900
     node_action = True
+    takes_node_out_of_service = True
     wait_in_runner = True
     params_doc = (
         Param("node", "name", "Node name"),
