@@ -115,3 +115,21 @@ def test_limit_knobs_come_from_the_policy_data() -> None:
     assert knobs.nodes_at_once == 1
     assert LimitSettings.from_data({"kexec": {"limits": {
         "max_concurrent_per_action": {"drain_node": 2}}}}).per_action == {"drain_node": 2}
+
+
+async def test_the_knobs_follow_the_live_policy_data() -> None:
+    w = World()
+    data = {"kexec": {"config": {"max_concurrent_per_namespace": 1}}}
+    settings = Settings(controller_namespace=TRUSTED, trusted_namespaces=frozenset({TRUSTED}),
+                        policy_data=lambda: data)
+    w.reconcile = ReconcileExecution(w.cluster, w.policy, w.audit, w.clock, settings)
+    for i in range(2):
+        w.cluster.add(deployment(f"web{i}"))
+        await w.create("scale_deployment", {"namespace": NS, "deployment": f"web{i}",
+                                            "replicas": 3}, name=f"ex{i}")
+        w.clock.advance(1)
+        await w.step(f"ex{i}")
+    assert (await w.get("ex1")).status.reason == "Queued"
+    data = {"kexec": {"config": {"max_concurrent_per_namespace": 2}}}  # a policy reload
+    await w.step("ex1")
+    assert (await w.get("ex1")).phase is Phase.PREPARING

@@ -92,8 +92,13 @@ def _waiting(ex: Execution) -> bool:
 
 
 class Limits:
-    def __init__(self, settings: LimitSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: LimitSettings,
+                 source: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        """``source``, when given, returns the live policy data document: the knobs follow
+        a hot-reloaded policy (the ``safety-policies`` ConfigMap)."""
+        self._base = settings
+        self._source = source
+        self._parsed: tuple[Mapping[str, Any] | None, LimitSettings] = (None, settings)
         self._slots: dict[str, tuple[Limit, ...]] = {}
         self._namespace: dict[str, str] = {}
         # Executions waiting in a queue: uid → (creation order, key, limit keys).
@@ -101,6 +106,18 @@ class Limits:
         self.ready = False
         # Called with the execution whose slots (or place in a queue) just freed.
         self.on_free: Callable[[Execution], None] = lambda ex: None
+
+    @property
+    def settings(self) -> LimitSettings:
+        if self._source is None:
+            return self._base
+        data = self._source()
+        if data is not self._parsed[0]:
+            try:
+                self._parsed = (data, LimitSettings.from_data(data))
+            except (TypeError, ValueError):
+                self._parsed = (data, self._base)  # a mistyped knob: keep the defaults
+        return self._parsed[1]
 
     def limits_of(self, ex: Execution, schedulable_nodes: int) -> tuple[Limit, ...]:
         s = self.settings

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kexec.application.limits import LimitSettings
 
@@ -27,6 +29,8 @@ class Settings:
     allow_self_approval: bool = False
     # Concurrency limits (queue, never fail): knobs of the policy data.
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # The live policy data document, when the engine has one (hot reload of the knobs).
+    policy_data: Callable[[], Mapping[str, Any]] | None = None
 
     @property
     def trusted(self) -> frozenset[str]:

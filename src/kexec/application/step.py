@@ -45,7 +45,7 @@ class StepBase:
         self.clock = clock
         self.settings = settings
         self.grants = Grants(cluster, settings)
-        self.limits = Limits(settings.limits)
+        self.limits = Limits(settings.limits, settings.policy_data)
 
     # --- shared by the steps --------------------------------------------------------------
 

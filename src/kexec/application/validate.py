@@ -73,7 +73,7 @@ class ValidationStep(StepBase):
         nodes = await self._schedulable_nodes(action)
         queued = self.limits.admit(ex, others, nodes, reserve=True)
         if queued is not None:
-            return await self._hold(ex, QUEUED, queued, self.settings.limits.recheck_seconds,
+            return await self._hold(ex, QUEUED, queued, self.limits.settings.recheck_seconds,
                                     new=new)
         if not trusted:
             # No privilege escalation: kexec does for a requester only what they may do.

@@ -38,15 +38,18 @@ def _policy(engine: str, opa_url: str, policy_dir: str, registry: Any) -> Any:
 
 
 def _settings(namespace: str, trusted: str, identity: str, approval_timeout: int,
-              policy_dir: str = "") -> Settings:
+              policy_dir: str = "", policy: Any = None) -> Settings:
     from kexec.adapters.policy.bundle import load_default_policy_set, load_policy_dir
+    from kexec.adapters.policy.reload import ReloadablePolicy
 
     names = frozenset(n.strip() for n in (trusted or "").split(",") if n.strip())
-    # The concurrency limits are knobs of the policy data (policies/data.json).
+    # The concurrency limits are knobs of the policy data (policies/data.json); with the
+    # embedded engine they follow its hot-reloaded data.
     data = (load_policy_dir(policy_dir) if policy_dir else load_default_policy_set()).data
+    live = (lambda: policy.policy_set.data) if isinstance(policy, ReloadablePolicy) else None
     return Settings(controller_namespace=namespace, trusted_namespaces=names | {namespace},
                     controller_id=identity, approval_timeout_seconds=approval_timeout,
-                    limits=LimitSettings.from_data(data))
+                    limits=LimitSettings.from_data(data), policy_data=live)
 
 
 class Container(containers.DeclarativeContainer):
@@ -74,7 +77,7 @@ class Container(containers.DeclarativeContainer):
                                  config.policy_dir, registry)
     settings = providers.Singleton(_settings, config.namespace, config.trusted_namespaces,
                                    config.identity, config.approval_timeout.as_(int),
-                                   config.policy_dir)
+                                   config.policy_dir, policy)
     reconcile = providers.Singleton(ReconcileExecution, cluster, policy, audit, clock, settings)
     approve = providers.Factory(ApproveExecution, cluster)
     rollback = providers.Factory(CreateRollback, cluster)
