@@ -178,3 +178,56 @@ def test_a_job_that_fails_once_then_succeeds_is_completed_after_two_attempts(kex
     assert obj["status"]["phase"] == "Completed", obj["status"]
     assert obj["status"]["execution"]["attempts"] == 2
     assert kexec.api("GET", f"/api/v1/namespaces/{ns}/configmaps/cfg")["data"] == {"a": "2"}
+
+
+def test_leader_killed_halfway_the_new_leader_rebuilds_the_slots(kexec: Kexec) -> None:
+    from tests.e2e.kexec_env import free_port
+
+    ns = fresh_ns(kexec, "burst-lead", environment="production")  # approval: slots held a while
+    for i in range(9):
+        kexec.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": f"cfg{i}", "namespace": ns}, "data": {"a": "1"}})
+    ports = {"e2e-a": free_port(), "e2e-b": free_port()}
+    procs = kexec.replace_controllers(("e2e-a", (), ports["e2e-a"]), ("e2e-b", (), ports["e2e-b"]))
+    holding = ("WaitingApproval", *ACTIVE)
+    try:
+        def holder() -> str:
+            code, lease = kexec.try_api(
+                "GET", f"/apis/coordination.k8s.io/v1/namespaces/{NS_CTRL}/leases/kexec-controller")
+            return str((lease.get("spec") or {}).get("holderIdentity") or "") if code == 200 else ""
+        kexec.until(lambda: holder() in ports, 40, "a leader")
+        leader = holder()
+        names = {kexec.create(ns, "update_configmap", {"namespace": ns, "configMap": f"cfg{i}",
+                                                       "data": {"a": "2"}}) for i in range(9)}
+        peak = 0
+
+        def count() -> dict[str, str]:
+            nonlocal peak
+            seen = phases(kexec, ns, names)
+            peak = max(peak, sum(1 for p in seen.values() if p in holding))
+            return seen
+        kexec.until(lambda: sum(p == "WaitingApproval" for p in count().values()) == 5, 60,
+                    "five holding slots")
+        # The leader dies (SIGKILL: the Lease is not released); the standby must not admit
+        # the four queued ones on top of the five it finds holding slots.
+        kexec.stop_controller(next(p for p, i in zip(procs, ports, strict=True) if i == leader),
+                              kill=True)
+        standby = next(i for i in ports if i != leader)
+        kexec.until(lambda: holder() == standby and count() is not None, 60, "takeover")
+        kexec.until(lambda: "leading as" in kexec.controller_log(standby), 30, "leading")
+        time.sleep(2)
+        assert sum(p in holding for p in count().values()) == 5
+        approved: set[str] = set()
+
+        def approve(seen: dict[str, str]) -> None:
+            nonlocal peak
+            peak = max(peak, sum(1 for p in seen.values() if p in holding))
+            for name, phase in seen.items():
+                if phase == "WaitingApproval" and name not in approved:
+                    assert kexec_cli(kexec, "approve", name, "-n", ns, "--as", "alice").returncode == 0
+                    approved.add(name)
+        _, seen = watch_until_terminal(kexec, ns, names, 180, approve)
+        assert sorted(seen.values()) == ["Completed"] * 9, seen
+        assert peak <= 5
+    finally:
+        kexec.default_controller()
