@@ -103,7 +103,7 @@ def test_scale_deployment_and_kexec_rollback(kexec: Kexec) -> None:
     assert st["validation"]["policy"]["allowed"] is True
     assert st["execution"]["attempts"] == 1
     assert st["rollback"] == {"available": True, "action": "scale_deployment",
-                              "parameters": {"namespace": ns, "deployment": "web", "replicas": 1}}
+                              "parameters": {"scaleDeployment": {"namespace": ns, "deployment": "web", "replicas": 1}}}
     assert st["target"] == f"Deployment/{ns}/web"
     job = kexec.jobs_for(ns, obj["metadata"]["name"])[0]
     assert job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
@@ -150,7 +150,7 @@ def test_patch_deployment(kexec: Kexec) -> None:
                                                 "patchType": "strategic", "patch": patch})
     assert obj["status"]["phase"] == "Completed", obj["status"]
     assert dep(kexec, ns, "web")["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:2"
-    assert obj["status"]["rollback"]["parameters"]["patchType"] == "json"
+    assert obj["status"]["rollback"]["parameters"]["patchDeployment"]["patchType"] == "json"
 
 
 def test_cordon_then_uncordon(kexec: Kexec) -> None:
@@ -196,7 +196,7 @@ def test_update_configmap(kexec: Kexec) -> None:
     assert obj["status"]["phase"] == "Completed", obj["status"]
     cm = kexec.api("GET", f"/api/v1/namespaces/{ns}/configmaps/cfg")
     assert cm["data"] == {"mode": "fast", "extra": "1"}
-    assert obj["status"]["rollback"]["parameters"]["data"] == {"mode": "slow", "extra": None}
+    assert obj["status"]["rollback"]["parameters"]["updateConfigMap"]["data"] == {"mode": "slow", "extra": None}
 
 
 def test_update_secret_never_leaks_a_value(kexec: Kexec) -> None:
@@ -213,7 +213,7 @@ def test_update_secret_never_leaks_a_value(kexec: Kexec) -> None:
     assert obj["status"]["phase"] == "Completed", obj["status"]
     got = kexec.api("GET", f"/api/v1/namespaces/{ns}/secrets/db")["data"]["password"]
     assert base64.b64decode(got).decode() == new
-    backup = obj["status"]["rollback"]["parameters"]["sourceSecretRef"]["name"]
+    backup = obj["status"]["rollback"]["parameters"]["updateSecret"]["sourceSecretRef"]["name"]
     kept = kexec.api("GET", f"/api/v1/namespaces/{ns}/secrets/{backup}")
     assert base64.b64decode(kept["data"]["password"]).decode() == old
     assert kept["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
@@ -235,7 +235,7 @@ def test_apply_manifest_creates_and_rollback_deletes(kexec: Kexec) -> None:
     assert obj["status"]["phase"] == "Completed", obj["status"]
     svc = kexec.api("GET", f"/api/v1/namespaces/{ns}/services/svc")
     assert svc["spec"]["ports"][0]["port"] == 80
-    assert obj["status"]["rollback"]["parameters"]["delete"] is True
+    assert obj["status"]["rollback"]["parameters"]["applyManifest"]["delete"] is True
     assert kexec_cli(kexec, "rollback", obj["metadata"]["name"], "-n", ns).returncode == 0
     undo = kexec.wait(ns, f"{obj['metadata']['name']}-rollback")
     assert undo["status"]["phase"] == "Completed", undo["status"]
@@ -251,7 +251,7 @@ def test_rollback_deployment_restores_previous_revision(kexec: Kexec) -> None:
     obj = run(kexec, ns, "rollback_deployment", {"namespace": ns, "deployment": "web"})
     assert obj["status"]["phase"] == "Completed", obj["status"]
     assert dep(kexec, ns, "web")["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1"
-    assert obj["status"]["rollback"]["parameters"]["toRevision"] == 2
+    assert obj["status"]["rollback"]["parameters"]["rollbackDeployment"]["toRevision"] == 2
 
 
 # --- failure paths -------------------------------------------------------------------------

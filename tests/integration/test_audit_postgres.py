@@ -420,7 +420,7 @@ async def test_secret_values_never_reach_the_database(
     assert stored.record.action == "update_secret" and stored.transition_count == 6
 
     dump = await asyncio.to_thread(postgres_server.dump, pg_audit_dsn.rsplit("/", 1)[1])
-    backup = wire(ex)["rollback"]["parameters"]["sourceSecretRef"]["name"]
+    backup = wire(ex)["rollback"]["parameters"]["updateSecret"]["sourceSecretRef"]["name"]
     assert "db-creds-next" in dump and backup in dump  # the grep does see the rows
     for needle in (new_marker, old_marker, b64(new_marker), b64(old_marker)):
         assert needle not in dump

@@ -27,8 +27,8 @@ async def test_scale_deployment() -> None:
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("Deployment", NS, "web")["spec"]["replicas"] == 5
     assert wire(ex)["rollback"] == {"available": True, "action": "scale_deployment",
-                                     "parameters": {"namespace": NS, "deployment": "web",
-                                                    "replicas": 2}}
+                                     "parameters": {"scaleDeployment": {"namespace": NS, "deployment": "web",
+                                                    "replicas": 2}}}
     assert wire(ex)["execution"]["attempts"] == 1
     assert {c["type"] for c in wire(ex)["conditions"] if c["status"] == "True"} == {
         "Validated", "PolicyAllowed", "Executed", "Verified"}
@@ -66,7 +66,7 @@ async def test_patch_deployment() -> None:
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:2"
     rb = wire(ex)["rollback"]
     assert rb["action"] == "patch_deployment"
-    assert rb["parameters"]["patch"] == [{"op": "replace", "path": "/spec",
+    assert rb["parameters"]["patchDeployment"]["patch"] == [{"op": "replace", "path": "/spec",
                                           "value": before["spec"]}]
 
 
@@ -83,7 +83,7 @@ async def test_cordon_and_uncordon(action: str, start: bool, end: bool, inverse:
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("Node", "", "node-2")["spec"]["unschedulable"] is end
     assert wire(ex)["rollback"] == {"available": True, "action": inverse,
-                                     "parameters": {"node": "node-2"}}
+                                     "parameters": {ACTIONS[inverse].key: {"node": "node-2"}}}
 
 
 async def test_drain_node_evicts_and_cordons() -> None:
@@ -104,7 +104,7 @@ async def test_update_configmap() -> None:
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("ConfigMap", NS, "cfg")["data"] == {"mode": "fast", "keep": "yes",
                                                              "new": "1"}
-    assert wire(ex)["rollback"]["parameters"]["data"] == {"mode": "slow", "new": None}
+    assert wire(ex)["rollback"]["parameters"]["updateConfigMap"]["data"] == {"mode": "slow", "new": None}
 
 
 async def test_update_secret_keeps_values_out_of_every_record() -> None:
@@ -116,7 +116,7 @@ async def test_update_secret_keeps_values_out_of_every_record() -> None:
     target = w.cluster.obj("Secret", NS, "creds")
     assert target["data"] == {"password": b64("new-password-value"), "user": b64("svc-user")}
     rb = wire(ex)["rollback"]
-    backup = w.cluster.obj("Secret", NS, rb["parameters"]["sourceSecretRef"]["name"])
+    backup = w.cluster.obj("Secret", NS, rb["parameters"]["updateSecret"]["sourceSecretRef"]["name"])
     assert backup["data"] == {"password": b64("old-password-value")}
     assert backup["metadata"]["ownerReferences"][0]["uid"] == ex.uid
     audit = [(r, w.audit.transitions(r.execution_uid)) for r in w.audit.executions()]
@@ -134,7 +134,7 @@ async def test_apply_manifest_creates_and_rollback_deletes() -> None:
     ex = await w.drive()
     assert w.phases(ex) == HAPPY
     assert w.cluster.obj("ConfigMap", NS, "fresh")["data"] == {"k": "v"}
-    assert wire(ex)["rollback"]["parameters"]["delete"] is True
+    assert wire(ex)["rollback"]["parameters"]["applyManifest"]["delete"] is True
 
 
 async def test_rollback_deployment_restores_previous_template() -> None:
@@ -148,8 +148,8 @@ async def test_rollback_deployment_restores_previous_template() -> None:
     image = w.cluster.obj("Deployment", NS, "web")["spec"]["template"]["spec"]["containers"][0]
     assert image["image"] == "nginx:1.0"
     assert wire(ex)["rollback"] == {"available": True, "action": "rollback_deployment",
-                                     "parameters": {"namespace": NS, "deployment": "web",
-                                                    "toRevision": 2}}
+                                     "parameters": {"rollbackDeployment": {"namespace": NS, "deployment": "web",
+                                                    "toRevision": 2}}}
 
 
 async def test_dry_run_validates_and_changes_nothing() -> None:

@@ -120,9 +120,11 @@ async def test_drain_whose_pods_never_leave_times_out_with_its_rollback() -> Non
 
     cluster = Ignoring(w.clock)
     cluster.objects = w.cluster.objects
-    report = await run(w, request("drain_node", {"node": "node-1"}, deadline_seconds=20), cluster)
+    params = {"node": "node-1", "uncordonOnFailure": False}
+    report = await run(w, request("drain_node", params, deadline_seconds=20), cluster)
     assert (report.success, report.reason) == (False, "Timeout")
     assert report.message == "NoEvictablePodsLeft: still running: team-a/web-1"
     assert report.changes[0]["after"] == {"unschedulable": True}
-    assert report.rollback == {"available": True, "action": "uncordon_node", "parameters": {"node": "node-1"}}
+    assert report.rollback == {"available": True, "action": "uncordon_node",
+                               "parameters": {"uncordonNode": {"node": "node-1"}}}
     assert w.cluster.obj("Node", "", "node-1")["spec"]["unschedulable"] is True

@@ -222,8 +222,8 @@ async def test_the_runner_executes_its_plan(registered: Action[Any]) -> None:
     assert dig(cluster.obj("StatefulSet", NS, "db"), "spec", "replicas") == 5
     after = await read_snapshot(cluster, action.reads(params))
     assert all(c.passed for c in action.postconditions(params, after, report.to_dict()))
-    assert report.rollback == {"available": True, "action": TWELFTH.name,
-                               "parameters": {"namespace": NS, "statefulSet": "db", "replicas": 3}}
+    assert report.rollback == {"available": True, "action": TWELFTH.name, "parameters": {
+        TWELFTH.key: {"namespace": NS, "statefulSet": "db", "replicas": 3}}}
 
 
 def test_its_parameter_rules_are_stated_once_in_its_params_doc() -> None:

@@ -30,6 +30,7 @@ class ReconcileExecution(ValidationStep, RunSteps):
     async def __call__(self, ex: Execution) -> StepResult:
         if ex.deleting:
             self.claims.release(ex)
+            self.limits.ended(ex)
             return await self._release(ex)
         if ex.terminal:
             return await self._release(ex) if FINALIZER in ex.finalizers else DONE
@@ -58,8 +59,12 @@ class ReconcileExecution(ValidationStep, RunSteps):
         return DONE
 
     async def collect_garbage(self) -> int:
-        """Remove bindings no execution needs (a crashed leader's leftovers)."""
-        return await self.grants.collect_garbage(await self.cluster.list_executions())
+        """A new term: rebuild the limits' slots from the executions' phases (before
+        anything is admitted), and remove bindings no execution needs (a crashed
+        leader's leftovers)."""
+        executions = await self.cluster.list_executions()
+        self.limits.rebuild(executions)
+        return await self.grants.collect_garbage(executions)
 
     async def _release(self, ex: Execution) -> StepResult:
         """Drop the audit finalizer once the store holds every transition."""

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from kexec.application.ports.cluster import ExecutionStore, NotFound
-from kexec.domain.actions import ACTIONS
+from kexec.domain.actions import ACTIONS, rollback_parameters
 from kexec.domain.execution import Execution
 
 
@@ -30,7 +30,7 @@ class CreateRollback:
             return existing  # idempotent: one rollback per execution
         spec = {
             "action": action.name,
-            "parameters": {action.key: dict(rollback.get("parameters") or {})},
+            "parameters": {action.key: rollback_parameters(action, rollback.get("parameters"))},
             "rollbackOf": name,
             "maxRetries": ex.spec.get("maxRetries", 2),
         }

@@ -16,9 +16,9 @@ from typing import Any
 from kexec.application.ports.clock import Clock
 from kexec.application.ports.cluster import ClusterError, Conflict, NotFound, RunnerCluster, TooManyRequests
 from kexec.application.snapshot import read_snapshot, snapshot_objects
-from kexec.domain.actions import ACTIONS, Context
+from kexec.domain.actions import ACTIONS, Action, Context, rollback_status
 from kexec.domain.errors import ValidationError
-from kexec.domain.resources import Evict, Snapshot
+from kexec.domain.resources import Evict, Mutation, Snapshot
 from kexec.domain.safety import redact, secret_values
 from kexec.domain.spec import spec_hash
 
@@ -150,6 +150,7 @@ class RunAction:
         before: Snapshot = {}
         secrets: set[str] = set()
         report = RunReport(False, execution_uid=uid)
+        performed: list[Mutation] = []
         try:
             before = await read_snapshot(self.cluster, action.reads(params))
             secrets = secret_values(snapshot_objects(before))
@@ -165,6 +166,7 @@ class RunAction:
                 return self._redacted(report, secrets)
             for mutation in action.plan(params, before, req.context):
                 await self._perform(mutation, remaining)
+                performed.append(mutation)
             after = await read_snapshot(self.cluster, action.reads(params))
             if action.wait_in_runner:
                 while not all(c.passed for c in action.postconditions(params, after, {})):
@@ -173,8 +175,7 @@ class RunAction:
                         report.message = "; ".join(
                             f"{c.name}: {c.message}"
                             for c in action.postconditions(params, after, {}) if not c.passed)
-                        report.changes = [c.to_status() for c in action.changes(params, before, after)]
-                        report.rollback = action.rollback(params, before, req.context).to_status()
+                        await self._tell_the_truth(report, action, params, before, req)
                         return self._redacted(report, secrets)
                     await self.sleep(min(1.0, max(remaining(), 0.01)))
                     after = await read_snapshot(self.cluster, action.reads(params))
@@ -182,7 +183,7 @@ class RunAction:
             report.reason = "Succeeded"
             report.after = action.summarize(after.get("target"))
             report.changes = [c.to_status() for c in action.changes(params, before, after)]
-            report.rollback = action.rollback(params, before, req.context).to_status()
+            report.rollback = rollback_status(action.rollback(params, before, req.context))
             report.extra = action.report(params, before)
         except Conflict as exc:
             # A resourceVersion guard in the mutation itself: someone changed the target.
@@ -191,7 +192,31 @@ class RunAction:
             report.reason, report.message, report.retryable = exc.reason, exc.message, exc.retryable
         except TimeoutError as exc:
             report.reason, report.message, report.retryable = "Timeout", str(exc), True
+        if not report.success and performed:
+            await self._tell_the_truth(report, action, params, before, req)
         return self._redacted(report, secrets)
+
+    async def _tell_the_truth(self, report: RunReport, action: Action[Any], params: Any,
+                              before: Snapshot, req: RunRequest) -> None:
+        """The action began changing the cluster and cannot finish: undo what it undoes by
+        itself (drain: uncordonOnFailure), then report every change made, that one too,
+        and the rollback of what is left."""
+        compensated = False
+        try:
+            for mutation in action.compensate(params, before):
+                await self.cluster.mutate(mutation)
+                compensated = True
+        except (ClusterError, TimeoutError) as exc:
+            report.message = f"{report.message}; could not undo by itself: {exc}"
+        try:
+            after = await read_snapshot(self.cluster, action.reads(params))
+        except (ClusterError, TimeoutError):
+            after = {}
+        report.after = action.summarize(after.get("target"))
+        report.changes = [c.to_status()
+                          for c in action.failure_changes(params, before, after, compensated)]
+        report.rollback = rollback_status(
+            action.failure_rollback(params, before, req.context, compensated))
 
     async def _perform(self, mutation: Any, remaining: Callable[[], float]) -> None:
         delay = 0.2

@@ -7,10 +7,11 @@ import json
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from kexec.application.ports.cluster import JobRequest, JobState
+from kexec.application.ports.cluster import ClusterError, JobRequest, JobState
 from kexec.application.snapshot import read_snapshot
 from kexec.application.step import StepBase, StepResult
-from kexec.domain.execution import Execution, iso
+from kexec.domain.actions import rollback_status
+from kexec.domain.execution import Execution, iso, parse_time
 from kexec.domain.phases import Phase
 from kexec.domain.resources import Check
 from kexec.domain.safety import check_namespace, redact
@@ -113,14 +114,17 @@ class RunSteps(StepBase):
                 # Lost before it reported (e.g. deleted by hand): the same name again.
                 await self._create_job(ex, max(1, int((deadline - now).total_seconds())))
                 return StepResult(requeue_after=self.settings.requeue_poll_seconds)
-            return await self._fail(ex, ex.copy(), "JobLost", f"job {name} disappeared")
+            new = ex.copy()
+            await self._reconstruct(new)
+            return await self._fail(ex, new, "JobLost", f"job {name} disappeared")
         if not job.finished:
             if now > deadline + timedelta(seconds=self.settings.deadline_grace_seconds):
                 new = self._with_job(ex, job, now)
+                await self._reconstruct(new)
                 return await self._fail(ex, new, "DeadlineExceeded",
                                         "the Job did not finish within the timeout")
             # Attempts are recorded when the Job finishes: no status write per pod start.
-            return StepResult(requeue_after=self.settings.requeue_poll_seconds)
+            return await self._watch_progress(ex, now)
         new = self._with_job(ex, job, now)
         if job.success:
             new.job_succeeded(now)
@@ -129,8 +133,70 @@ class RunSteps(StepBase):
         reason = "DeadlineExceeded" if job.reason == "DeadlineExceeded" else (
             str(report.get("reason") or job.reason or "JobFailed"))
         message = str(report.get("message") or job.message or "the Job failed")
+        await self._reconstruct(new)
         new.job_failed(reason, message, now)
         return await self._commit(ex, new)
+
+    async def _reconstruct(self, new: Execution) -> None:
+        """A runner killed mid-action (deadline, pod deleted) left no report: judge what
+        changed from the before-state captured at validation and the state now."""
+        if "changes" in new.job_run.report:  # the runner told it itself
+            return
+        _, action, params = parse_spec(new.spec)
+        before = new.status.validation.before if new.status.validation else None
+        if before is None:
+            return
+        identity = await self.grants.acquire(new, action.name, action.target(params).namespace)
+        try:
+            snap = await read_snapshot(self.cluster, action.reads(params), identity)
+        except ClusterError as exc:
+            if exc.retryable:
+                raise
+            return
+        found = action.reconstruct(params, before, snap)
+        if found is not None:
+            changes, rollback = found
+            new.changes_reconstructed([c.to_status() for c in changes], rollback_status(rollback))
+
+    async def _watch_progress(self, ex: Execution, now: datetime) -> StepResult:
+        """While the Job runs: the action's progress from the cluster (drain: pods evicted,
+        left, the PodDisruptionBudget blocking each), written at most every few seconds;
+        an Event names the blockers when they change."""
+        poll = StepResult(requeue_after=self.settings.requeue_poll_seconds)
+        _, action, params = parse_spec(ex.spec)
+        reads = action.progress_reads(params)
+        if not reads:
+            return poll
+        last = parse_time(ex.job_run.progress.get("updated")) if ex.job_run.progress else None
+        if last is not None and (now - last).total_seconds() < self.settings.progress_interval_seconds:
+            return poll
+        identity = await self.grants.acquire(ex, action.name, action.target(params).namespace)
+        try:
+            snap = await read_snapshot(self.cluster, reads, identity)
+        except ClusterError as exc:
+            if exc.retryable:
+                raise
+            return poll
+        progress = action.progress(params, snap)
+        if progress is None:
+            return poll
+        new = ex.copy()
+        new.progress_observed(progress, now)
+        before = {k: v for k, v in ex.job_run.progress.items() if k != "updated"}
+        after = {k: v for k, v in new.job_run.progress.items() if k != "updated"}
+        if before == after and last is not None:
+            return poll
+        blockers = sorted({b["podDisruptionBudget"] for b in progress.get("blocked") or []})
+        if blockers and blockers != sorted({b["podDisruptionBudget"]
+                                            for b in before.get("blocked") or []}):
+            await self.cluster.emit_event(
+                ex, "Warning", "EvictionBlocked",
+                f"evictions blocked by PodDisruptionBudget {', '.join(blockers)} "
+                f"({progress.get('podsLeft', 0)} pods left)")
+        result = await self._commit(ex, new, event=False,
+                                    requeue=self.settings.requeue_poll_seconds)
+        return StepResult(requeue_after=self.settings.requeue_poll_seconds, wrote=result.wrote,
+                          resource_version=result.resource_version)
 
     def _with_job(self, ex: Execution, job: JobState, now: datetime) -> Execution:
         new = ex.copy()

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
+from kexec.application.limits import LimitSettings
 from kexec.domain.naming import CONTROLLER_NAMESPACE
 
 
@@ -20,8 +23,14 @@ class Settings:
     requeue_poll_seconds: float = 1.0
     requeue_policy_unavailable_seconds: float = 5.0
     requeue_paused_seconds: float = 10.0
+    # Drain progress in status: at most one write per this many seconds.
+    progress_interval_seconds: float = 3.0
     # Approval by the requester themselves counts only when this is set.
     allow_self_approval: bool = False
+    # Concurrency limits (queue, never fail): knobs of the policy data.
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # The live policy data document, when the engine has one (hot reload of the knobs).
+    policy_data: Callable[[], Mapping[str, Any]] | None = None
 
     @property
     def trusted(self) -> frozenset[str]:

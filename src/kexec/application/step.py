@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from kexec.application.audit_record import execution_record, transitions
 from kexec.application.grants import NEEDS_BINDING, Grants, TargetClaims
+from kexec.application.limits import HOLDS_SLOT, Limits
 from kexec.application.ports.audit import AuditPort, AuditUnavailable
 from kexec.application.ports.clock import Clock
 from kexec.application.ports.cluster import ClusterPort
@@ -45,6 +46,7 @@ class StepBase:
         self.settings = settings
         self.grants = Grants(cluster, settings)
         self.claims = TargetClaims()
+        self.limits = Limits(settings.limits, settings.policy_data)
 
     # --- shared by the steps --------------------------------------------------------------
 
@@ -70,6 +72,10 @@ class StepBase:
         if target is not None:
             new.status.target = target.key  # the Target printer column
         saved = await self.cluster.update_status(new)
+        if saved.terminal:
+            self.limits.ended(saved)  # frees its slots, wakes the executions queued behind
+        elif saved.phase not in HOLDS_SLOT:
+            self.limits.release(saved)  # did not get past validation (held, queued)
         if event and saved.phase is not None:
             warning = saved.phase in (Phase.FAILED, Phase.ROLLBACK_READY)
             await self.cluster.emit_event(

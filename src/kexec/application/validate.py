@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kexec.application.limits import QUEUED
 from kexec.application.policy_input import build_policy_input
 from kexec.application.ports.cluster import ClusterError, TooManyRequests
 from kexec.application.ports.policy import PolicyUnavailable
@@ -73,6 +74,13 @@ class ValidationStep(StepBase):
             return await self._hold(ex, "TargetBusy",
                                     f"waiting for {busy} which acts on the same target",
                                     self.settings.requeue_busy_seconds, new=new)
+        if not self.limits.ready:
+            self.limits.rebuild(others)  # before admitting anything in this term
+        nodes = await self._schedulable_nodes(action)
+        queued = self.limits.admit(ex, others, nodes, reserve=True)
+        if queued is not None:
+            return await self._hold(ex, QUEUED, queued, self.limits.settings.recheck_seconds,
+                                    new=new)
         if not trusted:
             # No privilege escalation: kexec does for a requester only what they may do.
             denied = [str(p) for p in requester_permissions(action, params)
@@ -121,6 +129,9 @@ class ValidationStep(StepBase):
         if not dry.success:
             new.dry_run_failed(dry, now)
             return await self._commit(ex, new)
+        progress = action.progress(params, snap)
+        if progress is not None:
+            new.progress_observed(progress, now)  # the baseline: pods to evict
         new.validated(dry_run=dry, guard=action.guard(params, snap),
                       before=redact(action.summarize(snap.get("target")), secrets),
                       requires_approval=decision.requires_approval, now=now)
@@ -132,11 +143,19 @@ class ValidationStep(StepBase):
         spec = parse_spec(ex.spec)[0]
         facts = await self.cluster.cluster_facts(action.target(params).namespace)
         doc = build_policy_input(ex, spec, action, params, snap, facts,
-                                 _active_by_namespace(others, ex), now, self.settings.trusted)
+                                 self.limits.active_by_namespace(ex.uid), now,
+                                 self.settings.trusted)
         try:
             return await self.policy.decide(doc)
         except PolicyUnavailable as exc:
             return str(exc)  # fail closed: nothing proceeds without a decision
+
+    async def _schedulable_nodes(self, action: Action[Any]) -> int:
+        if not action.removes_capacity:
+            return 0
+        facts = await self.cluster.cluster_facts("")
+        return sum(1 for n in facts.get("nodes") or []
+                   if n.get("ready") and not n.get("unschedulable"))
 
     async def _dry_run(self, ex: Execution, action: Action[Any], params: Any, snap: Snapshot,
                        identity: Any, secrets: set[str], now: Any) -> DryRunResult:
@@ -159,10 +178,3 @@ class ValidationStep(StepBase):
             dry.errors.append(redact(f"{exc.reason}: {exc.message}", secrets))
         return dry
 
-
-def _active_by_namespace(others: list[Execution], ex: Execution) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for other in others:
-        if other.uid != ex.uid and not other.terminal and other.phase not in (None, Phase.PENDING):
-            counts[other.namespace] = counts.get(other.namespace, 0) + 1
-    return counts

@@ -250,6 +250,22 @@ class Execution:
             if isinstance(report.get("rollback"), dict):
                 self.status.rollback = report["rollback"]
 
+    def changes_reconstructed(self, changes: list[dict[str, Any]],
+                              rollback: dict[str, Any]) -> None:
+        """The runner stopped without a report: what changed, as the controller judged it
+        from the before-state captured at validation and the state now."""
+        self.job_run.resources_affected = list(changes)
+        self.status.rollback = rollback
+
+    def progress_observed(self, progress: dict[str, Any], now: datetime) -> None:
+        """How far the running action is (drain: pods evicted, left, and what blocks them)."""
+        run = self.job_run
+        base = run.progress.get("podsTotal") if run.progress else None
+        total = base if isinstance(base, int) else progress.get("podsLeft", 0)
+        left = progress.get("podsLeft", 0)
+        run.progress = {"podsTotal": total, "podsEvicted": max(0, total - left), **progress,
+                        "updated": iso(now)}
+
     def job_succeeded(self, now: datetime) -> None:
         self.set_condition("Executed", True, "JobSucceeded", f"job {self.job_run.job_name}", now)
         self._transition(Phase.VERIFYING, "JobSucceeded", "", now)

@@ -77,6 +77,8 @@ class JobRun:
     exit_code: int | None = None
     report: dict[str, Any] = field(default_factory=dict)
     resources_affected: list[dict[str, Any]] = field(default_factory=list)
+    # While the Job runs (drain): podsTotal, podsEvicted, podsLeft, blocked, updated.
+    progress: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from kexec.adapters.audit.postgres import PostgresAudit, audit_pool
 from kexec.adapters.clock import SystemClock
 from kexec.adapters.kubernetes.client import api_client
 from kexec.adapters.kubernetes.cluster import KubernetesCluster
+from kexec.application.limits import LimitSettings
 from kexec.application.reconcile import ReconcileExecution
 from kexec.application.settings import Settings
 from kexec.domain.naming import CONTROLLER_NAMESPACE
@@ -36,10 +37,19 @@ def _policy(engine: str, opa_url: str, policy_dir: str, registry: Any) -> Any:
                             registry=registry)
 
 
-def _settings(namespace: str, trusted: str, identity: str, approval_timeout: int) -> Settings:
+def _settings(namespace: str, trusted: str, identity: str, approval_timeout: int,
+              policy_dir: str = "", policy: Any = None) -> Settings:
+    from kexec.adapters.policy.bundle import load_default_policy_set, load_policy_dir
+    from kexec.adapters.policy.reload import ReloadablePolicy
+
     names = frozenset(n.strip() for n in (trusted or "").split(",") if n.strip())
+    # The concurrency limits are knobs of the policy data (policies/data.json); with the
+    # embedded engine they follow its hot-reloaded data.
+    data = (load_policy_dir(policy_dir) if policy_dir else load_default_policy_set()).data
+    live = (lambda: policy.policy_set.data) if isinstance(policy, ReloadablePolicy) else None
     return Settings(controller_namespace=namespace, trusted_namespaces=names | {namespace},
-                    controller_id=identity, approval_timeout_seconds=approval_timeout)
+                    controller_id=identity, approval_timeout_seconds=approval_timeout,
+                    limits=LimitSettings.from_data(data), policy_data=live)
 
 
 class Container(containers.DeclarativeContainer):
@@ -66,7 +76,8 @@ class Container(containers.DeclarativeContainer):
     policy = providers.Singleton(_policy, config.policy_engine, config.opa_url,
                                  config.policy_dir, registry)
     settings = providers.Singleton(_settings, config.namespace, config.trusted_namespaces,
-                                   config.identity, config.approval_timeout.as_(int))
+                                   config.identity, config.approval_timeout.as_(int),
+                                   config.policy_dir, policy)
     reconcile = providers.Singleton(ReconcileExecution, cluster, policy, audit, clock, settings)
 
 

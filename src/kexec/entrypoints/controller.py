@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from kexec.adapters.kubernetes.wire import to_execution
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
-from kexec.domain.execution import GROUP, PLURAL, VERSION
+from kexec.domain.execution import GROUP, PLURAL, VERSION, Execution
 from kexec.domain.naming import CONTROLLER_NAMESPACE
 from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
 from kexec.runtime.informer import Informer, object_key
@@ -81,8 +81,17 @@ class Controller:
                                                2.5))
 
     # --- event plumbing ---------------------------------------------------------------
-    def _on_execution(self, _type: str, obj: dict[str, Any]) -> None:
+    def _on_execution(self, type_: str, obj: dict[str, Any]) -> None:
         self.queue.add(object_key(obj))
+        if type_ == "DELETED" and self.reconcile is not None:
+            self.reconcile.limits.ended(to_execution(obj))
+
+    def _wake(self, freed: Execution) -> None:
+        """A slot freed (or a place in a queue): requeue the executions waiting behind it
+        (the head of each queue only, no polling storm)."""
+        if self.reconcile is not None:
+            for key in self.reconcile.limits.behind(freed):
+                self.queue.add(key)
 
     def _on_job(self, _type: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -160,6 +169,7 @@ class Controller:
         self.container.config.execution_cache.from_value(lambda: list(executions.cache.values()))
         self.container.config.node_cache.from_value(lambda: list(nodes.cache.values()))
         self.reconcile = await resolve(self.container.reconcile())
+        self.reconcile.limits.on_free = self._wake
         audit = await resolve(self.container.audit())
         await self._migrate()
         await audit.start()

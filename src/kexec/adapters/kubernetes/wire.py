@@ -98,6 +98,8 @@ def status_to_wire(st: ExecutionStatus) -> dict[str, Any]:
             run["attempts"] = r.attempts
         if r.report or r.resources_affected:
             run["resourcesAffected"] = list(r.resources_affected)
+        if r.progress:
+            run["progress"] = dict(r.progress)
         out["execution"] = run
     if st.postconditions:
         out["postconditions"] = [c.to_status() for c in st.postconditions]
@@ -163,6 +165,7 @@ def status_from_wire(raw: Any) -> ExecutionStatus:
             report=dict(run["report"]) if isinstance(run.get("report"), dict) else {},
             resources_affected=[c for c in run.get("resourcesAffected") or []
                                 if isinstance(c, dict)],
+            progress=dict(run["progress"]) if isinstance(run.get("progress"), dict) else {},
         )
     for index, t in enumerate(raw.get("phaseTransitions") or []):
         phase = _phase(t.get("phase")) if isinstance(t, dict) else None

@@ -36,4 +36,24 @@ ACTIONS: dict[str, Action[Any]] = {
 }
 
 
-__all__ = ["ACTIONS", "Action", "Context", "Param", "RollbackSpec"]
+def rollback_status(spec: RollbackSpec) -> dict[str, Any]:
+    """``status.rollback``: parameters in the ``spec.parameters`` form of the inverse action
+    (``{"scaleDeployment": {...}}``), so they can be pasted into a new execution."""
+    out = spec.to_status()
+    inverse = ACTIONS.get(spec.action)
+    if inverse is not None and "parameters" in out:
+        out["parameters"] = {inverse.key: out["parameters"]}
+    return out
+
+
+def rollback_parameters(action: Action[Any], parameters: Any) -> dict[str, Any]:
+    """The inner parameter object of a recorded rollback (the keyed form, or the older
+    inner form)."""
+    params = dict(parameters or {})
+    if list(params) == [action.key] and isinstance(params[action.key], dict):
+        return dict(params[action.key])
+    return params
+
+
+__all__ = ["ACTIONS", "Action", "Context", "Param", "RollbackSpec", "rollback_parameters",
+           "rollback_status"]

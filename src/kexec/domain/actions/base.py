@@ -154,6 +154,36 @@ class Action(ABC, Generic[P]):
             )
         ]
 
+    # --- partial failure: the whole truth ------------------------------------------------
+    def compensate(self, params: P, before: Snapshot) -> list[Mutation]:
+        """What the runner undoes by itself when the action cannot finish after it began
+        changing the cluster (drain: uncordon when ``uncordonOnFailure``). Default: nothing."""
+        return []
+
+    def failure_changes(self, params: P, before: Snapshot, after: Snapshot,
+                        compensated: bool) -> list[Change]:
+        """Every change made before the action stopped (called only once a mutation was
+        performed), including the compensation itself."""
+        return self.changes(params, before, after)
+
+    def failure_rollback(self, params: P, before: Snapshot, ctx: Context,
+                         compensated: bool) -> RollbackSpec:
+        return self.rollback(params, before, ctx)
+
+    def reconstruct(self, params: P, before: Mapping[str, Any],
+                    now: Snapshot) -> tuple[list[Change], RollbackSpec] | None:
+        """A runner that died without a report: what changed, judged from the summary
+        captured at validation (``before``) and the state now. None = cannot tell."""
+        return None
+
+    # --- progress (watched by the controller while the Job runs) --------------------------
+    def progress_reads(self, params: P) -> tuple[Read, ...]:
+        return ()
+
+    def progress(self, params: P, snap: Snapshot) -> dict[str, Any] | None:
+        """How far the action is, from a read of ``progress_reads`` (None = nothing to show)."""
+        return None
+
     def guard(self, params: P, snap: Snapshot) -> dict[str, str]:
         """What must still hold when the runner acts (else it refuses: TargetChanged).
 

@@ -7,7 +7,7 @@ from typing import Any
 from kexec.domain.actions._workload import is_unschedulable, node_summary
 from kexec.domain.actions.base import Action, Context, RollbackSpec
 from kexec.domain.fields import Fields, Param
-from kexec.domain.resources import Check, Mutation, ObjectRef, Patch, Rule, Snapshot
+from kexec.domain.resources import Change, Check, Mutation, ObjectRef, Patch, Rule, Snapshot
 
 NODE_RULES = (Rule(("",), ("nodes",), ("get", "patch")),)
 
@@ -50,6 +50,17 @@ class _SetSchedulable(Action[NodeParams]):
         if is_unschedulable(before.get("target")) == self.unschedulable:
             return RollbackSpec(False, note="node was already in that state; nothing to undo")
         return RollbackSpec(True, self.inverse, {"node": p.node})
+
+    def reconstruct(self, p: NodeParams, before: Mapping[str, Any],
+                    now: Snapshot) -> tuple[list[Change], RollbackSpec] | None:
+        was = before.get("unschedulable")
+        if isinstance(was, bool) and was != self.unschedulable and is_unschedulable(
+                now.get("target")) == self.unschedulable:
+            return ([Change("Node", "", p.node, self.name, {"unschedulable": was},
+                            {"unschedulable": self.unschedulable})],
+                    RollbackSpec(True, self.inverse, {"node": p.node},
+                                 note="reconstructed: the runner stopped without a report"))
+        return None
 
     def guard(self, p: NodeParams, snap: Snapshot) -> dict[str, str]:
         return {}  # Nodes change constantly (heartbeats); cordoning is idempotent anyway.

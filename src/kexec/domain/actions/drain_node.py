@@ -8,6 +8,7 @@ from kexec.domain.actions._workload import controller_of, is_unschedulable, node
 from kexec.domain.actions.base import Action, Context, RollbackSpec
 from kexec.domain.fields import Fields, Param
 from kexec.domain.resources import (
+    Change,
     Check,
     Evict,
     Get,
@@ -33,6 +34,11 @@ class DrainParams:
     ignore_daemon_sets: bool
     delete_empty_dir_data: bool
     force: bool
+    uncordon_on_failure: bool = True
+
+
+MAX_POD_CHANGES = 10  # the report is a 4 KiB termination message
+BLOCKED_SHOWN = 10
 
 
 def _finished(pod: dict[str, Any]) -> bool:
@@ -61,16 +67,21 @@ class DrainNode(Action[DrainParams]):
               default=False),
         Param("force", "boolean", "also evict pods without a controller", required=False,
               default=False),
+        Param("uncordonOnFailure", "boolean",
+              "uncordon the node again when the drain cannot finish (recorded as a change)",
+              required=False, default=True),
     )
     rules = (
         Rule(("",), ("nodes",), ("get", "patch")),
         Rule(("",), ("pods",), ("get", "list")),
         Rule(("",), ("pods/eviction",), ("create",)),
+        # Drain progress: which PodDisruptionBudget blocks which pod.
+        Rule(("policy",), ("poddisruptionbudgets",), ("get", "list")),
     )
 
     def _parse(self, v: Mapping[str, Any], f: Fields) -> DrainParams:
         return DrainParams(v["node"], v["gracePeriodSeconds"], v["ignoreDaemonSets"],
-                           v["deleteEmptyDirData"], v["force"])
+                           v["deleteEmptyDirData"], v["force"], v["uncordonOnFailure"])
 
     def to_dict(self, p: DrainParams) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +92,8 @@ class DrainNode(Action[DrainParams]):
         }
         if p.grace_period_seconds is not None:
             out["gracePeriodSeconds"] = p.grace_period_seconds
+        if not p.uncordon_on_failure:
+            out["uncordonOnFailure"] = False
         return out
 
     def target(self, p: DrainParams) -> ObjectRef:
@@ -152,3 +165,113 @@ class DrainNode(Action[DrainParams]):
 
     def summarize(self, obj: Any) -> dict[str, Any]:
         return node_summary(obj)
+
+    # --- the whole truth ----------------------------------------------------------------
+    def _uncordon(self, p: DrainParams) -> Patch:
+        return Patch(self.target(p), "merge", {"spec": {"unschedulable": False}})
+
+    def _cordoned_by_us(self, before: Snapshot) -> bool:
+        return before.get("target") is not None and not is_unschedulable(before.get("target"))
+
+    def changes(self, p: DrainParams, before: Snapshot, after: Snapshot) -> list[Change]:
+        out: list[Change] = []
+        if self._cordoned_by_us(before):
+            out.append(Change("Node", "", p.node, "cordon", {"unschedulable": False},
+                              {"unschedulable": True}))
+        out.extend(self._evictions(p, before, after))
+        return out
+
+    def _evictions(self, p: DrainParams, before: Snapshot, after: Snapshot) -> list[Change]:
+        planned, _ = self.classify(p, before.get("pods") or [])
+        present = {(meta(x).get("namespace"), meta(x).get("name")): x
+                   for x in after.get("pods") or []}
+        gone: list[tuple[str, str]] = []
+        for pod in planned:
+            key = (meta(pod).get("namespace"), meta(pod).get("name"))
+            now = present.get(key)
+            if now is None or meta(now).get("uid") != meta(pod).get("uid") or meta(now).get(
+                    "deletionTimestamp"):
+                gone.append((str(key[0]), str(key[1])))
+        out = [Change("Pod", ns, name, "evict") for ns, name in gone[:MAX_POD_CHANGES]]
+        if len(gone) > MAX_POD_CHANGES:
+            out.append(Change("Pod", "", "", "evict",
+                              after={"moreEvicted": len(gone) - MAX_POD_CHANGES}))
+        return out
+
+    def compensate(self, p: DrainParams, before: Snapshot) -> list[Mutation]:
+        if p.uncordon_on_failure and self._cordoned_by_us(before):
+            return [self._uncordon(p)]
+        return []
+
+    def failure_changes(self, p: DrainParams, before: Snapshot, after: Snapshot,
+                        compensated: bool) -> list[Change]:
+        out: list[Change] = []
+        if self._cordoned_by_us(before):
+            out.append(Change("Node", "", p.node, "cordon", {"unschedulable": False},
+                              {"unschedulable": True}))
+        out.extend(self._evictions(p, before, after))
+        if compensated:
+            out.append(Change("Node", "", p.node, "uncordon", {"unschedulable": True},
+                              {"unschedulable": False}))
+        return out
+
+    def failure_rollback(self, p: DrainParams, before: Snapshot, ctx: Context,
+                         compensated: bool) -> RollbackSpec:
+        if compensated:
+            return RollbackSpec(False, note="the drain could not finish and uncordoned the "
+                                            "node again (uncordonOnFailure); evictions cannot "
+                                            "be undone")
+        return self.rollback(p, before, ctx)
+
+    def reconstruct(self, p: DrainParams, before: Mapping[str, Any],
+                    now: Snapshot) -> tuple[list[Change], RollbackSpec] | None:
+        if before.get("unschedulable") is False and is_unschedulable(now.get("target")):
+            return ([Change("Node", "", p.node, "cordon", {"unschedulable": False},
+                            {"unschedulable": True})],
+                    RollbackSpec(True, "uncordon_node", {"node": p.node},
+                                 note="reconstructed: the runner stopped without a report; "
+                                      "evicted pods cannot be brought back"))
+        return None
+
+    # --- progress -----------------------------------------------------------------------
+    def progress_reads(self, p: DrainParams) -> tuple[Read, ...]:
+        return (*self.reads(p), List("pdbs", "PodDisruptionBudget"))
+
+    def progress(self, p: DrainParams, snap: Snapshot) -> dict[str, Any] | None:
+        """Pods left to evict, and for each blocked one the PodDisruptionBudget blocking it."""
+        left, _ = self.classify(p, snap.get("pods") or [])
+        pdbs = [b for b in snap.get("pdbs") or []
+                if (dig(b, "status", "disruptionsAllowed", default=0) or 0) <= 0]
+        blocked: list[dict[str, str]] = []
+        for pod in left:
+            m = meta(pod)
+            for pdb in pdbs:
+                if meta(pdb).get("namespace") == m.get("namespace") and selects(
+                        dig(pdb, "spec", "selector"), m.get("labels") or {}):
+                    blocked.append({"pod": f"{m.get('namespace')}/{m.get('name')}",
+                                    "podDisruptionBudget":
+                                        f"{meta(pdb).get('namespace')}/{meta(pdb).get('name')}"})
+                    break
+        return {"podsLeft": len(left), "blocked": blocked[:BLOCKED_SHOWN]}
+
+
+def selects(selector: Any, labels: Mapping[str, str]) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions) applied to ``labels``. An empty
+    selector of a PodDisruptionBudget selects every pod of its namespace (policy/v1)."""
+    if not isinstance(selector, dict):
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op = expr.get("key", ""), expr.get("operator", "")
+        values = expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
