@@ -232,3 +232,10 @@ async def test_two_validations_behind_a_stale_cache_never_both_pass() -> None:
     w.cluster.list_executions = real  # type: ignore[method-assign]
     assert (await w.drive("y-first")).phase is Phase.COMPLETED
     assert (await w.drive("x-second")).phase is Phase.COMPLETED
+
+
+def test_allow_self_approval_reaches_the_settings() -> None:
+    from kexec.entrypoints.container import build_container
+
+    assert build_container().settings().allow_self_approval is False
+    assert build_container(allow_self_approval=True).settings().allow_self_approval is True

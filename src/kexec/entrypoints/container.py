@@ -38,7 +38,8 @@ def _policy(engine: str, opa_url: str, policy_dir: str, registry: Any) -> Any:
 
 
 def _settings(namespace: str, trusted: str, identity: str, approval_timeout: int,
-              policy_dir: str = "", policy: Any = None) -> Settings:
+              policy_dir: str = "", policy: Any = None,
+              allow_self_approval: bool = False) -> Settings:
     from kexec.adapters.policy.bundle import load_default_policy_set, load_policy_dir
     from kexec.adapters.policy.reload import ReloadablePolicy
 
@@ -49,7 +50,8 @@ def _settings(namespace: str, trusted: str, identity: str, approval_timeout: int
     live = (lambda: policy.policy_set.data) if isinstance(policy, ReloadablePolicy) else None
     return Settings(controller_namespace=namespace, trusted_namespaces=names | {namespace},
                     controller_id=identity, approval_timeout_seconds=approval_timeout,
-                    limits=LimitSettings.from_data(data), policy_data=live)
+                    limits=LimitSettings.from_data(data), policy_data=live,
+                    allow_self_approval=bool(allow_self_approval))
 
 
 class Container(containers.DeclarativeContainer):
@@ -77,7 +79,7 @@ class Container(containers.DeclarativeContainer):
                                  config.policy_dir, registry)
     settings = providers.Singleton(_settings, config.namespace, config.trusted_namespaces,
                                    config.identity, config.approval_timeout.as_(int),
-                                   config.policy_dir, policy)
+                                   config.policy_dir, policy, config.allow_self_approval)
     reconcile = providers.Singleton(ReconcileExecution, cluster, policy, audit, clock, settings)
 
 
@@ -97,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
     "opa_url": "http://127.0.0.1:8181",
     "policy_dir": "",
     "approval_timeout": 3600,
+    "allow_self_approval": False,
 }
 
 

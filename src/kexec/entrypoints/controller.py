@@ -56,6 +56,7 @@ class ControllerConfig:
     http_port: int = 8080
     metrics_token_file: str = ""
     approval_timeout: int = 3600
+    allow_self_approval: bool = False
 
 
 class Controller:
@@ -296,7 +297,7 @@ async def run_controller(cfg: ControllerConfig) -> None:
         trusted_namespaces=cfg.trusted_namespaces, identity=cfg.identity, image=cfg.image,
         runner_command=cfg.runner_command, audit_dsn=cfg.audit_dsn,
         policy_engine=cfg.policy_engine, opa_url=cfg.opa_url, policy_dir=cfg.policy_dir,
-        approval_timeout=cfg.approval_timeout,
+        approval_timeout=cfg.approval_timeout, allow_self_approval=cfg.allow_self_approval,
     )
     container.registry.override(registry)
     await start_resources(container)
@@ -347,11 +348,13 @@ async def run_controller(cfg: ControllerConfig) -> None:
               help="static bearer token for /metrics (else TokenReview + SubjectAccessReview)")
 @click.option("--approval-timeout", default=3600, show_default=True, type=int,
               help="seconds an execution may wait for approval")
+@click.option("--allow-self-approval", envvar="KEXEC_ALLOW_SELF_APPROVAL", is_flag=True,
+              help="let a requester approve their own execution (default: a second person)")
 @click.option("-v", "--verbose", is_flag=True)
 def controller(kubeconfig: str | None, namespace: str, trusted_namespaces: str, workers: int,
                image: str, audit_dsn: str, policy_engine: str, opa_url: str, policy_dir: str,
                leader_elect: bool, identity: str, http_addr: str, metrics_token_file: str,
-               approval_timeout: int, verbose: bool) -> None:
+               approval_timeout: int, allow_self_approval: bool, verbose: bool) -> None:
     """Run the controller (watch executions, reconcile them, one Job per attempt)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -363,5 +366,6 @@ def controller(kubeconfig: str | None, namespace: str, trusted_namespaces: str, 
         identity=identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
         http_host=host or "0.0.0.0", http_port=int(port or 0),
         metrics_token_file=metrics_token_file, approval_timeout=approval_timeout,
+        allow_self_approval=allow_self_approval,
     )
     asyncio.run(run_controller(cfg))
