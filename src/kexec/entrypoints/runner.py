@@ -57,7 +57,10 @@ def fit(report: dict[str, Any]) -> str:
 async def run(env: dict[str, str]) -> RunReport:
     try:
         req = request_from_env(env)
-    except (KeyError, ValueError) as exc:
+    except KeyError as exc:
+        return RunReport(False, reason="InvalidRunnerEnvironment",
+                         message=f"missing environment variable {exc.args[0]}")
+    except ValueError as exc:
         return RunReport(False, reason="InvalidRunnerEnvironment", message=str(exc))
     async for api in api_client(pool_size=4):
         cluster = KubernetesCluster(api, request_timeout=15.0)
