@@ -9,6 +9,8 @@
 #
 #   hack/build-image.sh              # progress on stderr; the LAST TWO stdout lines are
 #                                    # the OCI archive's path and the root filesystem's path
+#                                    # (its sibling config.json: the image's Env, Entrypoint,
+#                                    # Cmd, User, WorkingDir)
 #   read -r ARCHIVE ROOTFS < <(hack/build-image.sh | tail -n 2 | paste -sd' ')
 #
 # Installs mmdebstrap, buildah and bubblewrap with apt-get when missing (needs root or sudo).
@@ -127,6 +129,11 @@ else
   tar -C "$mnt" -cf - . | tar -C "$out.tmp/rootfs" -xf -
   "${BUILDAH[@]}" umount "$ctr" >/dev/null
   "${BUILDAH[@]}" rm "$ctr" >/dev/null
+  # The image's run configuration (Env, Entrypoint, Cmd, User, WorkingDir) next to the root
+  # filesystem: what a runtime needs to start a container of it (tests/support/image_runner.py).
+  "${BUILDAH[@]}" inspect --type image "$image" |
+    python3 -c 'import json, sys; json.dump(json.load(sys.stdin)["OCIv1"]["config"], sys.stdout)' \
+      >"$out.tmp/config.json"
   du -sb "$out.tmp/rootfs" | cut -f1 >"$out.tmp/rootfs.bytes"
   touch "$out.tmp/done"
   rm -rf "$out" && mv "$out.tmp" "$out"
