@@ -10,13 +10,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+import time
+import urllib.error
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kexec.domain.actions import ACTIONS
+from tests.support.controlplane import ControlPlane
 from tests.support.image_runner import Image, sandbox_argv
+from tests.support.simulator import NodeSimulator
 
 pytestmark = pytest.mark.image
 
@@ -104,3 +110,110 @@ def test_runtime_dependencies_only(image: Image) -> None:
     assert installed.isdisjoint({"pip", "setuptools", "pytest", "hypothesis", "mypy", "ruff",
                                  "import_linter", "cryptography"})
     assert not list(site.rglob("*.pyx")) and not list(site.rglob("*.c"))
+
+
+# --- Job pods of the image, run by the node simulator from the image ------------------------
+
+# Runs in the container: the in-cluster configuration (no KUBECONFIG), as the pod's
+# ServiceAccount; the result goes to the termination log.
+IN_POD = """
+import asyncio, json, os, pathlib, sys
+from kubernetes_asyncio import client
+from kexec.adapters.kubernetes.client import api_client
+
+async def whoami():
+    async for api in api_client():
+        review = await client.AuthenticationV1Api(api).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        return review.status.user_info.username
+
+def writable(path):
+    try:
+        pathlib.Path(path, "probe").write_text("x")
+        return True
+    except OSError:
+        return False
+
+sa = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
+pathlib.Path("/dev/termination-log").write_text(json.dumps({
+    "user": asyncio.run(whoami()), "uid": os.getuid(), "gid": os.getgid(), "arg": sys.argv[1:],
+    "namespace": (sa / "namespace").read_text(), "kubeconfig": os.environ.get("KUBECONFIG"),
+    "policy_dir": os.environ.get("KEXEC_POLICY_DIR"), "root_writable": writable("/opt"),
+    "tmp_writable": writable("/tmp"), "cwd": os.getcwd()}))
+"""
+
+
+def _eventually(fn: Any, within: float, what: str) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {within}s waiting for {what}")
+
+
+@pytest.fixture
+def image_node(control_plane: ControlPlane, image: Image, tmp_path: Path) -> Iterator[str]:
+    """A simulated node of its own that runs the kexec image from its root filesystem
+    (pods are pinned to it, so the session simulator leaves them alone)."""
+    node = f"image-node-{uuid.uuid4().hex[:6]}"
+    assert control_plane.kubeconfig is not None
+    sim = NodeSimulator(control_plane.kubeconfig, nodes=[node], log_dir=tmp_path / "logs",
+                        work_dir=tmp_path / "sim", images={"kexec": image.rootfs})
+    sim.start()
+    try:
+        yield node
+    finally:
+        sim.stop()
+        for path in (f"/api/v1/nodes/{node}", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}"):
+            try:
+                control_plane.api("DELETE", path)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+
+
+@pytest.mark.cluster
+def test_job_pod_of_the_image_runs_from_it_with_the_in_cluster_config(control_plane: ControlPlane,
+                                                                      image_node: str) -> None:
+    ns = f"image-{uuid.uuid4().hex[:6]}"
+    control_plane.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    try:
+        def sa_ready() -> bool:
+            try:
+                control_plane.api("GET", f"/api/v1/namespaces/{ns}/serviceaccounts/default")
+                return True
+            except urllib.error.HTTPError:
+                return False
+
+        _eventually(sa_ready, 20, "the default ServiceAccount")
+        control_plane.api("POST", f"/apis/batch/v1/namespaces/{ns}/jobs", {
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "nodeName": image_node, "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID},
+                "containers": [{
+                    "name": "probe", "image": "registry.example/kexec:0.1.0",
+                    "command": ["python3", "-c", IN_POD], "args": ["$(GREETING)"],
+                    "env": [{"name": "GREETING", "value": "hello"}],
+                    "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
+                }]}}}})
+
+        def finished() -> dict[str, Any] | None:
+            pods = control_plane.api("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=job-name%3Dprobe")["items"]
+            if pods and pods[0].get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                return dict(pods[0])
+            return None
+
+        pod = _eventually(finished, 90, "the probe pod to finish")
+        term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert pod["status"]["phase"] == "Succeeded", term
+        report = json.loads(term["message"])
+        assert report == {
+            "user": f"system:serviceaccount:{ns}:default", "uid": UID, "gid": UID, "arg": ["hello"],
+            "namespace": ns, "kubeconfig": None, "policy_dir": "/etc/kexec/policies",
+            "root_writable": False, "tmp_writable": True, "cwd": "/tmp",
+        }
+    finally:
+        control_plane.api("DELETE", f"/api/v1/namespaces/{ns}")

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -59,6 +60,29 @@ class Image:
         return [*self.entrypoint, *(self.cmd if args is None else args)]
 
 
+def resolve_inside(rootfs: Path, path: str) -> str:
+    """``path`` with the root filesystem's symlinks resolved inside it (``/var/run`` -> ``/run``
+    in Debian): bwrap creates mount points without following them."""
+    parts = [p for p in path.split("/") if p]
+    done: list[str] = []
+    for _ in range(40):  # symlink hops
+        if not parts:
+            break
+        part = parts.pop(0)
+        candidate = rootfs.joinpath(*done, part)
+        if candidate.is_symlink():
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        if part == "..":
+            done = done[:-1]
+        elif part != ".":
+            done.append(part)
+    return "/" + "/".join(done + parts)
+
+
 def sandbox_argv(image: Image, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                  ro_binds: Sequence[tuple[str | Path, str]] = (),
                  binds: Sequence[tuple[str | Path, str]] = (),
@@ -81,15 +105,81 @@ def sandbox_argv(image: Image, argv: Sequence[str], *, env: Mapping[str, str] | 
            "--chdir", workdir or image.workdir, "--clearenv"]
     for key, value in {**image.env, **(env or {})}.items():
         cmd += ["--setenv", key, value]
-    if any(inside.startswith(("/run/", "/var/run/")) for _, inside in [*ro_binds, *binds]):
+    if any(resolve_inside(image.rootfs, inside).startswith("/run/") for _, inside in [*ro_binds, *binds]):
         # The root is read-only: mount points under /run need a tmpfs there (as runtimes have).
         cmd += ["--perms", "0755", "--tmpfs", "/run"]
-    for host, inside in ro_binds:
-        cmd += ["--ro-bind", str(host), inside]
-    for host, inside in binds:
-        cmd += ["--bind", str(host), inside]
+    for flag, mounts in (("--ro-bind", ro_binds), ("--bind", binds)):
+        for host, inside in mounts:
+            dest = resolve_inside(image.rootfs, inside)
+            # Missing parents (on the /run tmpfs): 0755, not bwrap's default 0700.
+            parents = [str(p) for p in reversed(Path(dest).parents) if str(p) != "/"
+                       and not (image.rootfs / str(p).lstrip("/")).is_dir()]
+            for parent in parents:
+                cmd += ["--perms", "0755", "--dir", parent]
+            cmd += [flag, str(host), dest]
     if os.geteuid() == 0:
         cmd += ["--", "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
     else:
         cmd += ["--unshare-user", "--uid", str(uid), "--gid", str(gid), "--"]
     return [*cmd, *argv]
+
+
+# --- pods: what the node simulator needs to run a container of a known image --------------
+
+def repository(reference: str) -> str:
+    """The image's name without registry, path, tag or digest: ``reg:5000/x/kexec:1`` -> ``kexec``."""
+    name = reference.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[0]
+
+
+def images_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Path]:
+    """``{"kexec": rootfs}`` when ``$KEXEC_IMAGE_ROOTFS`` is set (hack/test.sh exports it), else ``{}``."""
+    rootfs = environ.get("KEXEC_IMAGE_ROOTFS")
+    return {"kexec": Path(rootfs)} if rootfs else {}
+
+
+def write_service_account(directory: Path, token: str | None, ca_pem: bytes, namespace: str) -> Path:
+    """The files Kubernetes projects at :data:`SERVICE_ACCOUNT_DIR` (world-readable, as its 0644 default)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    files = {"ca.crt": ca_pem, "namespace": namespace.encode()}
+    if token is not None:
+        files["token"] = token.encode()
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+        (directory / name).chmod(0o644)
+    return directory
+
+
+def run_as(pod: Mapping[str, Any], container: Mapping[str, Any], image: Image) -> tuple[int, int]:
+    """uid/gid the kubelet would use: container securityContext, then the pod's, then the image's USER.
+
+    Raises PermissionError for ``runAsNonRoot`` with uid 0, as the kubelet refuses to start it.
+    """
+    pod_sc = pod.get("spec", {}).get("securityContext") or {}
+    sc = {**pod_sc, **(container.get("securityContext") or {})}
+    image_uid, image_gid = image.ids()
+    uid = int(sc.get("runAsUser", image_uid))
+    gid = int(sc.get("runAsGroup", image_gid))
+    if sc.get("runAsNonRoot") and uid == 0:
+        raise PermissionError("container has runAsNonRoot and image will run as root")
+    return uid, gid
+
+
+def pod_sandbox_argv(image: Image, pod: Mapping[str, Any], container: Mapping[str, Any], argv: Sequence[str],
+                     *, env: Mapping[str, str], service_account_dir: Path | None,
+                     termination_log: Path) -> list[str]:
+    """:func:`sandbox_argv` for one container of a pod: its uid/gid, ``workingDir``, env, the
+    ServiceAccount files at :data:`SERVICE_ACCOUNT_DIR` and the termination log at the
+    container's ``terminationMessagePath`` (writable by the container's uid). The root
+    filesystem is always read-only (as ``readOnlyRootFilesystem: true``)."""
+    uid, gid = run_as(pod, container, image)
+    termination_log.touch()
+    if os.geteuid() == 0:
+        os.chown(termination_log, uid, gid)
+    else:
+        termination_log.chmod(0o666)
+    ro = [(service_account_dir, SERVICE_ACCOUNT_DIR)] if service_account_dir is not None else []
+    return sandbox_argv(image, argv, env=env, ro_binds=ro,
+                        binds=[(termination_log, container.get("terminationMessagePath") or "/dev/termination-log")],
+                        uid=uid, gid=gid, workdir=container.get("workingDir") or None)

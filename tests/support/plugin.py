@@ -8,6 +8,7 @@ Register with ``pytest_plugins = ["tests.support.plugin"]`` (tests/conftest.py) 
 * ``control_plane``  -- started :class:`tests.support.controlplane.ControlPlane`
                         (``.kubeconfig``, ``.server``, ``.ca_file``, ``.log_dir``, ``.api()``, ``.kubectl()``)
 * ``node_simulator`` -- started :class:`tests.support.simulator.NodeSimulator` bound to it
+                        (Job pods of the kexec image run from $KEXEC_IMAGE_ROOTFS when set)
 * ``opa_bin``        -- Path of the opa binary
 
 If binaries cannot be obtained or the cluster cannot start, the fixtures FAIL (never skip).
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.controlplane import BinariesUnavailable, ControlPlane, get_bin_dir
+from tests.support.image_runner import images_from_env
 from tests.support.simulator import NodeSimulator
 
 
@@ -56,7 +58,7 @@ def control_plane(bin_dir: Path) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def node_simulator(control_plane: ControlPlane) -> Iterator[NodeSimulator]:
     assert control_plane.kubeconfig is not None
-    sim = NodeSimulator(control_plane.kubeconfig, log_dir=control_plane.log_dir)
+    sim = NodeSimulator(control_plane.kubeconfig, log_dir=control_plane.log_dir, images=images_from_env())
     try:
         sim.start()
     except Exception as e:
