@@ -72,9 +72,10 @@ runtime_key=$(base_key "$RUNTIME_PACKAGES")
 build_key=$(base_key "$BUILD_PACKAGES")
 make_base() { # key packages
   local tar="$CACHE/base-$1.tar"
-  [[ -s $tar ]] && return 0
+  [[ -f $tar && -s $tar ]] && return 0
   log "Debian base $1: mmdebstrap $SUITE --include=$2"
-  $SUDO mmdebstrap --quiet "${MM_ARGS[@]}" --include="$2" "$SUITE" "$tar.tmp" "$MIRROR" >&2
+  $SUDO rm -rf "$tar" "$tar.tmp"
+  $SUDO mmdebstrap --quiet --format=tar "${MM_ARGS[@]}" --include="$2" "$SUITE" "$tar.tmp" "$MIRROR" >&2
   mv "$tar.tmp" "$tar"
 }
 make_base "$runtime_key" "$RUNTIME_PACKAGES" &
@@ -122,13 +123,20 @@ else
   "${BUILDAH[@]}" bud --isolation chroot --pull=never --layers "${ca[@]}" \
     --build-arg "PYTHON_IMAGE=$runtime_image" --build-arg "BUILD_IMAGE=$build_image" \
     -f deploy/Dockerfile -t "$image" . >&2
-  rm -rf "$out.tmp" && mkdir -p "$out.tmp/rootfs"
+  ctr=""
+  cleanup() {
+    if [[ -n $ctr ]]; then "${BUILDAH[@]}" rm "$ctr" >/dev/null 2>&1 || true; fi
+    $SUDO rm -rf "$out.tmp"
+  }
+  trap cleanup EXIT
+  $SUDO rm -rf "$out.tmp" && mkdir -p "$out.tmp/rootfs"
   "${BUILDAH[@]}" push --quiet "$image" "oci-archive:$out.tmp/kexec.oci.tar:kexec:0.1.0" >&2
   ctr=$("${BUILDAH[@]}" from --pull=never "$image")
   mnt=$("${BUILDAH[@]}" mount "$ctr")
   tar -C "$mnt" -cf - . | tar -C "$out.tmp/rootfs" -xf -
   "${BUILDAH[@]}" umount "$ctr" >/dev/null
   "${BUILDAH[@]}" rm "$ctr" >/dev/null
+  ctr=""
   # The image's run configuration (Env, Entrypoint, Cmd, User, WorkingDir) next to the root
   # filesystem: what a runtime needs to start a container of it (tests/support/image_runner.py).
   "${BUILDAH[@]}" inspect --type image "$image" |
@@ -136,13 +144,22 @@ else
       >"$out.tmp/config.json"
   du -sb "$out.tmp/rootfs" | cut -f1 >"$out.tmp/rootfs.bytes"
   touch "$out.tmp/done"
-  rm -rf "$out" && mv "$out.tmp" "$out"
+  $SUDO rm -rf "$out" && mv "$out.tmp" "$out"
+  trap - EXIT
   log "built $image: $(($(cat "$out/rootfs.bytes") / 1000000)) MB uncompressed"
-  # Keep the newest $KEEP builds; drop the rest and their images (the layers stay cached).
-  for old in $(ls -1td "$CACHE"/kexec-* 2>/dev/null | tail -n +"$((KEEP + 1))"); do
-    "${BUILDAH[@]}" rmi "localhost/kexec:${old##*/kexec-}" >/dev/null 2>&1 || true
-    rm -rf "$old"
+  # Keep the newest $KEEP builds and any made in the last hour (a test elsewhere may be
+  # running one); drop the rest and their tags (the layers stay cached).
+  for old in $(ls -1td "$CACHE"/kexec-*[0-9a-f] 2>/dev/null | tail -n +"$((KEEP + 1))"); do
+    if [[ -n $(find "$old" -maxdepth 0 -mmin +60) ]]; then
+      "${BUILDAH[@]}" rmi "localhost/kexec:${old##*/kexec-}" >/dev/null 2>&1 || true
+      $SUDO rm -rf "$old"
+    fi
   done
 fi
+# Leftovers of interrupted builds (we hold the lock) and bases no longer used.
+$SUDO rm -rf "$CACHE"/kexec-*.tmp
+for tar in "$CACHE"/base-*.tar; do
+  case $tar in *"$runtime_key"*|*"$build_key"*) ;; *) $SUDO rm -rf "$tar" ;; esac
+done
 echo "$out/kexec.oci.tar"
 echo "$out/rootfs"
