@@ -14,7 +14,13 @@ It talks to the real kube-apiserver (kubernetes-asyncio, admin kubeconfig) and:
   container's env, ``KUBECONFIG`` (token for the pod's ServiceAccount from the
   TokenRequest API, bound to the pod) and ``KEXEC_TERMINATION_LOG``; on exit the pod
   becomes Succeeded/Failed with ``state.terminated`` (exitCode, reason, message from the
-  termination log), so the real Job controller finishes the Job;
+  termination log), so the real Job controller finishes the Job. Containers of an image
+  given in ``images`` (repository name -> unpacked root filesystem, e.g. the kexec image
+  from hack/build-image.sh) instead run inside that root filesystem under ``bwrap``
+  (devstack/image_runner.py): read-only root, writable ``/tmp``, the image's
+  ENTRYPOINT/CMD, the pod's uid, the ServiceAccount token/CA/namespace at
+  ``/var/run/secrets/kubernetes.io/serviceaccount`` and ``KUBERNETES_SERVICE_HOST/PORT``
+  (the in-cluster configuration), the termination log at ``terminationMessagePath``;
 * finishes graceful deletions (kills the process, reports status, deletes with
   gracePeriodSeconds=0) -- evictions end up here too;
 * enforces ``spec.activeDeadlineSeconds`` (DeadlineExceeded).
@@ -41,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ import yaml
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from devstack import image_runner
 from devstack.controlplane import _pdeathsig, register_cleanup, unregister_cleanup
 
 JOB_LABELS = ("batch.kubernetes.io/job-name", "job-name")
@@ -873,7 +880,8 @@ class _Sim:
         while True:
             try:
                 env = self.base_env(pod, pod_dir)
-                env.update(await self.resolve_env(pod, c, run))
+                container_env = await self.resolve_env(pod, c, run)
+                env.update(container_env)
                 token = await self.pod_token(pod)
                 break
             except (LookupError, ApiError) as e:
@@ -900,11 +908,29 @@ class _Sim:
                         },
                     )
                 await asyncio.sleep(2)
-        self.write_pod_kubeconfig(kubeconfig, ns, token)
-        env["KUBECONFIG"] = str(kubeconfig)
-        env["KEXEC_TERMINATION_LOG"] = str(term_path)
-        argv = [expand_vars(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
-        if not c.get("command"):
+        image = self.o.images.get(image_runner.repository(c.get("image", "")))
+        if image is not None:
+            # A container of a known image runs from its root filesystem under bwrap, with the
+            # in-cluster config (ServiceAccount files + KUBERNETES_SERVICE_*) instead of KUBECONFIG.
+            argv = [expand_vars(a, container_env) for a in image.argv(c.get("command"), c.get("args"))]
+            sa_dir = image_runner.write_service_account(
+                pod_dir / "serviceaccount", token, base64.b64decode(self.ca_data or ""), ns)
+            inside = {**container_env, "HOSTNAME": env["HOSTNAME"],
+                      "KUBERNETES_SERVICE_HOST": env["KUBERNETES_SERVICE_HOST"],
+                      "KUBERNETES_SERVICE_PORT": env["KUBERNETES_SERVICE_PORT"]}
+            try:
+                argv = image_runner.pod_sandbox_argv(
+                    image, pod, c, argv, env=inside, termination_log=term_path,
+                    service_account_dir=None if spec.get("automountServiceAccountToken") is False else sa_dir)
+            except (OSError, ValueError) as e:
+                await self.report_terminated(pod, run, 128, "StartError", f"kexec node simulator: {e}", _now())
+                return
+        else:
+            self.write_pod_kubeconfig(kubeconfig, ns, token)
+            env["KUBECONFIG"] = str(kubeconfig)
+            env["KEXEC_TERMINATION_LOG"] = str(term_path)
+            argv = [expand_vars(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
+        if not argv or (image is None and not c.get("command")):
             await self.report_terminated(
                 pod,
                 run,
@@ -1186,8 +1212,12 @@ class NodeSimulator:
         max_grace_seconds: float = 30.0,
         passthrough_env: Iterable[str] = DEFAULT_PASSTHROUGH_ENV,
         kubelet_version: str = "v1.37.2",
+        images: Mapping[str, str | Path] | None = None,
     ) -> None:
         self.kubeconfig = Path(kubeconfig)
+        # Image repository name -> unpacked root filesystem: Job pods of these images run from
+        # the image under bwrap (devstack/image_runner.py); others run their command locally.
+        self.images = {name: image_runner.Image.load(root) for name, root in (images or {}).items()}
         if isinstance(nodes, int):
             self.node_names = [f"{node_prefix}{i}" for i in range(1, nodes + 1)]
         else:

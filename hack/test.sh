@@ -25,6 +25,14 @@ bash hack/ensure-postgres.sh >/dev/null
 log "opa check --strict / opa test on policies/"
 bash hack/policy-check.sh
 
+# --- the kexec image (hack/build-image.sh; cached by the sources: seconds when unchanged) ---
+log "kexec image (mmdebstrap base + buildah bud deploy/Dockerfile)"
+image_start=$SECONDS
+KEXEC_IMAGE_ROOTFS="$(bash hack/build-image.sh | tail -n 1)"
+export KEXEC_IMAGE_ROOTFS
+log "kexec image ready in $((SECONDS - image_start))s: $KEXEC_IMAGE_ROOTFS"
+# --- end of the image block ----------------------------------------------------------------
+
 log "pytest (line coverage of kexec)"
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider --cov=kexec --cov-report=term "$@"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.kexec_env import GROUP_PATH, NS_CTRL, Kexec
+from devstack.harness import GROUP_PATH, NS_CTRL, Kexec
 from tests.e2e.test_actions_e2e import fresh_ns, guarded_pod_on, kexec_cli, run, uncordon
 
 pytestmark = pytest.mark.cluster
@@ -181,7 +181,7 @@ def test_a_job_that_fails_once_then_succeeds_is_completed_after_two_attempts(kex
 
 
 def test_leader_killed_halfway_the_new_leader_rebuilds_the_slots(kexec: Kexec) -> None:
-    from tests.e2e.kexec_env import free_port
+    from devstack.harness import free_port
 
     ns = fresh_ns(kexec, "burst-lead", environment="production")  # approval: slots held a while
     for i in range(9):

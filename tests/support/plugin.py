@@ -8,6 +8,7 @@ Register with ``pytest_plugins = ["tests.support.plugin"]`` (tests/conftest.py) 
 * ``control_plane``  -- started :class:`devstack.controlplane.ControlPlane`
                         (``.kubeconfig``, ``.server``, ``.ca_file``, ``.log_dir``, ``.api()``, ``.kubectl()``)
 * ``node_simulator`` -- started :class:`devstack.simulator.NodeSimulator` bound to it
+                        (Job pods of the kexec image run from $KEXEC_IMAGE_ROOTFS when set)
 * ``opa_bin``        -- Path of the opa binary
 
 If binaries cannot be obtained or the cluster cannot start, the fixtures FAIL (never skip).
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from devstack.controlplane import BinariesUnavailable, ControlPlane, get_bin_dir
+from devstack.image_runner import images_from_env
 from devstack.simulator import NodeSimulator
 
 
@@ -70,7 +72,7 @@ def control_plane(bin_dir: Path) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def node_simulator(control_plane: ControlPlane) -> Iterator[NodeSimulator]:
     assert control_plane.kubeconfig is not None
-    sim = NodeSimulator(control_plane.kubeconfig, log_dir=control_plane.log_dir)
+    sim = NodeSimulator(control_plane.kubeconfig, log_dir=control_plane.log_dir, images=images_from_env())
     try:
         sim.start()
     except Exception as e:

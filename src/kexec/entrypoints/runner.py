@@ -52,7 +52,10 @@ async def run(env: dict[str, str]) -> RunReport:
         req = request_from_env(env)
     except SpecMismatch as exc:
         return RunReport(False, reason="SpecChanged", message=str(exc))
-    except (KeyError, ValueError) as exc:
+    except KeyError as exc:
+        return RunReport(False, reason="InvalidRunnerEnvironment",
+                         message=f"missing environment variable {exc.args[0]}")
+    except ValueError as exc:
         return RunReport(False, reason="InvalidRunnerEnvironment", message=str(exc))
     async for api in api_client(pool_size=4):
         cluster = KubernetesApi(api, request_timeout=15.0)
