@@ -266,6 +266,7 @@ async def test_schema_defaults_apply_inside_parameters(
         "ignoreDaemonSets": True,
         "deleteEmptyDirData": False,
         "force": False,
+        "uncordonOnFailure": True,
     }
 
 
