@@ -24,6 +24,7 @@ import click
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from kexec.adapters.kubernetes.wire import to_execution
+from kexec.adapters.metrics import ActiveExecutions, controller_gauges, phases_of
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
 from kexec.domain.execution import GROUP, PLURAL, VERSION
@@ -79,6 +80,7 @@ class Controller:
                                       ["phase"], registry=registry,
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1,
                                                2.5))
+        self.leader_gauge = controller_gauges(registry)
 
     # --- event plumbing ---------------------------------------------------------------
     def _on_execution(self, _type: str, obj: dict[str, Any]) -> None:
@@ -140,12 +142,14 @@ class Controller:
         except Exception as exc:  # best effort: the next release removes them too
             log.warning("binding clean-up failed: %s", exc)
         self.leading.set()
+        self.leader_gauge.set(1)
         for key in list(self.executions.cache):
             self.queue.add(key)
 
     def on_stopped_leading(self) -> None:
         log.warning("lost leadership; stopping work")
         self.leading.clear()
+        self.leader_gauge.set(0)
         self.stopping.set()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -157,6 +161,7 @@ class Controller:
                              on_event=self._on_job, name="jobs")
         self.nodes = Informer(api, "", "v1", "nodes", name="nodes")
         executions, nodes = self.executions, self.nodes
+        self.registry.register(ActiveExecutions(lambda: phases_of(executions.cache.values())))
         self.container.config.execution_cache.from_value(lambda: list(executions.cache.values()))
         self.container.config.node_cache.from_value(lambda: list(nodes.cache.values()))
         self.reconcile = await resolve(self.container.reconcile())
