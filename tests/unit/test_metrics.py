@@ -90,3 +90,29 @@ def test_unknown_actions_are_one_label() -> None:
 
     assert action_label(Execution(NS, "a", spec={"action": "x" * 50})) == "unknown"
     assert action_label(Execution(NS, "a", spec={"action": "drain_node"})) == "drain_node"
+
+
+async def test_one_readable_event_per_transition() -> None:
+    w = World()
+    await w.create("scale_deployment", {"namespace": NS, "deployment": "web", "replicas": 5})
+    ex = await w.drive()
+    events = [(kind, reason, message) for key, kind, reason, message in w.cluster.events
+              if key == ex.key]
+    assert [reason for _, reason, _ in events] == ["Validated", "JobCreated", "JobSucceeded",
+                                                   "Succeeded"]
+    assert all(kind == "Normal" and "\n" not in message for kind, _, message in events)
+    assert events[0][2].startswith("New → Preparing: validated")
+    assert events[1][2].startswith("Preparing → Executing: Job ex-")
+    assert events[-1][2] == "Verifying → Completed: done: the postconditions hold"
+
+
+async def test_a_denial_event_is_a_warning_that_says_why() -> None:
+    w = World()
+    w.policy.set_decision(PolicyDecision(allowed=False, violations=(
+        Violation("max_replicas", "at most 10 replicas"),)))
+    await w.create("scale_deployment", {"namespace": NS, "deployment": "web", "replicas": 50})
+    await w.drive()
+    (_, kind, reason, message), = w.cluster.events
+    assert (kind, reason) == ("Warning", "PolicyDenied")
+    assert message.startswith("New → Failed: failed (denied by max_replicas: ")
+    assert "at most 10 replicas" in message

@@ -184,10 +184,11 @@ _EVENT_TEXT = {
     Phase.VALIDATING: "validating",
     Phase.WAITING_APPROVAL: "validated; waiting for a second person to approve "
                             "(kexec approve)",
-    Phase.PREPARING: "ready to run; preparing the action's identity and Job",
+    Phase.PREPARING: "validated (policy allowed, dry run passed); preparing the action's "
+                     "identity and Job",
     Phase.EXECUTING: "Job {job} started",
     Phase.VERIFYING: "Job {job} succeeded; checking the postconditions",
-    Phase.COMPLETED: "completed",
+    Phase.COMPLETED: "done: the postconditions hold",
     Phase.FAILED: "failed",
     Phase.ROLLBACK_READY: "postconditions failed; a rollback is ready (kexec rollback {name})",
 }
@@ -206,6 +207,7 @@ def event_message(ex: Execution, saved: Execution) -> str:
     moved = f"{ex.phase.value if ex.phase else 'New'} → {saved.phase.value}" \
         if ex.phase is not saved.phase else saved.phase.value
     detail = " ".join(saved.status.message.split())
-    line = f"{moved}: {what}" + (f" ({detail})" if detail and detail != what else "")
+    line = f"{moved}: {what}" + (
+        f" ({detail})" if detail and detail.lower() not in what.lower() else "")
     return line if len(line) <= 1000 else line[:997] + "..."
 
