@@ -125,6 +125,8 @@ class StepBase:
             await self.cluster.emit_event(
                 saved, "Warning" if warning else "Normal", saved.status.reason or
                 saved.phase.value, event_message(ex, saved))
+        if saved.phase is not None and (event or saved.phase is not ex.phase):
+            log.info("%s", event_message(ex, saved), extra=log_fields(saved))
         self._observe(ex, saved)
         await self.record_audit(saved)
         if saved.terminal:

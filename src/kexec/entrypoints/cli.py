@@ -18,12 +18,19 @@ from kexec.domain.errors import FieldError, SafetyViolation, ValidationError
 from kexec.domain.execution import API_VERSION, KIND
 from kexec.domain.safety import check_target_cluster
 from kexec.domain.spec import parse_spec
+from kexec.entrypoints.cli_logging import configure_logging, logging_options
+
+
+def _cli_logging(fn: Any) -> Any:
+    return logging_options(fn, default_level="warning")
 
 
 @click.group()
 @click.version_option(package_name="kexec")
-def cli() -> None:
+@_cli_logging
+def cli(log_format: str, log_level: str) -> None:
     """kexec: execute single Kubernetes remediation actions safely."""
+    configure_logging(log_format, log_level)
 
 
 @cli.command()

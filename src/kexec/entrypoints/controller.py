@@ -27,8 +27,10 @@ from kexec.adapters.kubernetes.wire import to_execution
 from kexec.adapters.metrics import ActiveExecutions, controller_gauges, phases_of
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
+from kexec.application.step import log_fields
 from kexec.domain.execution import GROUP, PLURAL, VERSION
 from kexec.domain.naming import CONTROLLER_NAMESPACE
+from kexec.entrypoints.cli_logging import configure_logging, log_context, logging_options
 from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
 from kexec.runtime.informer import Informer, object_key
 from kexec.runtime.metrics import make_registry
@@ -106,7 +108,8 @@ class Controller:
             return 0.2
         execution = to_execution(obj)
         phase = execution.phase.value if execution.phase else "New"
-        with self.step_seconds.labels(phase).time():
+        with self.step_seconds.labels(phase).time(), log_context(**log_fields(execution),
+                                                                 step=phase):
             try:
                 result = await self.reconcile(execution)
             except Conflict:
@@ -342,14 +345,14 @@ async def run_controller(cfg: ControllerConfig) -> None:
               help="static bearer token for /metrics (else TokenReview + SubjectAccessReview)")
 @click.option("--approval-timeout", default=3600, show_default=True, type=int,
               help="seconds an execution may wait for approval")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="same as --log-level debug")
+@logging_options
 def controller(kubeconfig: str | None, namespace: str, trusted_namespaces: str, workers: int,
                image: str, audit_dsn: str, policy_engine: str, opa_url: str, policy_dir: str,
                leader_elect: bool, identity: str, http_addr: str, metrics_token_file: str,
-               approval_timeout: int, verbose: bool) -> None:
+               approval_timeout: int, verbose: bool, log_format: str, log_level: str) -> None:
     """Run the controller (watch executions, reconcile them, one Job per attempt)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(log_format, "debug" if verbose else log_level)
     host, _, port = http_addr.rpartition(":")
     cfg = ControllerConfig(
         kubeconfig=kubeconfig, namespace=namespace, trusted_namespaces=trusted_namespaces,
