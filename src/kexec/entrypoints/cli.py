@@ -252,8 +252,11 @@ def runner() -> None:
 def _register_optional() -> None:
     """Commands whose modules need optional services (PostgreSQL, controller runtime)."""
     from kexec.entrypoints.cli_audit import audit
+    from kexec.entrypoints.cli_run import describe, get, run
 
     cli.add_command(audit)
+    for command in (run, get, describe):
+        cli.add_command(command)
     try:
         from kexec.entrypoints.controller import controller
     except ImportError:
