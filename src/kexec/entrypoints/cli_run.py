@@ -127,12 +127,22 @@ def _progress(ex: Execution) -> str:
     return " ".join(bits)
 
 
+def _phase_line(phase: str, reason: str, message: str) -> str:
+    return f"phase {phase}" + (f" ({reason})" if reason else "") + (
+        f": {message}" if message else "")
+
+
+def transition_lines(ex: Execution, after_seq: int) -> list[tuple[int, str]]:
+    """The recorded transitions newer than ``after_seq``, as (seq, timestamped line)."""
+    return [(t.seq, f"{_clock(t.time)} {_phase_line(t.phase.value, t.reason, t.message)}")
+            for t in ex.status.transitions if t.seq > after_seq]
+
+
 def snapshot_lines(ex: Execution) -> dict[str, str]:
-    """What the live view shows, keyed so that only changes are printed."""
+    """What the live view shows besides the transitions, keyed so that only changes print."""
     lines: dict[str, str] = {}
     phase = ex.phase.value if ex.phase else "New"
-    lines["phase"] = f"phase {phase}" + (f" ({ex.status.reason})" if ex.status.reason else "") \
-        + (f": {ex.status.message}" if ex.status.message else "")
+    lines["phase"] = _phase_line(phase, ex.status.reason, ex.status.message)
     for c in ex.status.conditions:
         lines[f"condition/{c.type}"] = f"condition {c.type}={c.status} {c.reason}" + (
             f": {c.message}" if c.message else "")
@@ -223,12 +233,16 @@ async def follow_execution(cluster: Any, namespace: str, name: str, seconds: flo
                            interval: float = 0.5) -> Execution | None:
     """Print each change of the execution until it is terminal; None on timeout."""
     shown: dict[str, str] = {}
+    seq = -1
     deadline = time.monotonic() + seconds
     while True:
         ex: Execution | None = await cluster.get_execution(namespace, name)
         if ex is None:
             echo(f"{_clock(datetime.now(UTC))} {namespace}/{name} is gone")
             return None
+        for newest, line in transition_lines(ex, seq):  # every phase, also between polls
+            echo(line)
+            seq, shown["phase"] = newest, line.split(" ", 1)[1]
         for key, line in snapshot_lines(ex).items():
             if shown.get(key) != line:
                 shown[key] = line
