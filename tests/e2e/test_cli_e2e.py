@@ -142,3 +142,9 @@ def test_follow_exits_non_zero_on_failure_and_dry_run_changes_nothing(kexec: Kex
     items = kexec.api("GET", "/apis/kubernetesexecution.kubernaut.io/v1alpha1/namespaces/"
                       f"{ns}/kubernetesexecutions")["items"]
     assert len(items) == 2
+
+
+def test_the_audit_prune_cronjob_is_accepted_by_the_api_server(kexec: Kexec) -> None:
+    manifest = Path(__file__).resolve().parents[2] / "deploy" / "audit-prune-cronjob.yaml"
+    out = kexec.kubectl("apply", "--dry-run=server", "-f", str(manifest))
+    assert "cronjob.batch/kexec-audit-prune created (server dry run)" in out.stdout, out.stderr
