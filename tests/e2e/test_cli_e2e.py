@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from devstack.harness import Kexec
+from devstack.harness import Kexec, free_port
 from tests.e2e.test_actions_e2e import dep, fresh_ns, kexec_cli, ready_deployment
 
 pytestmark = pytest.mark.cluster
@@ -148,3 +150,95 @@ def test_the_audit_prune_cronjob_is_accepted_by_the_api_server(kexec: Kexec) -> 
     manifest = Path(__file__).resolve().parents[2] / "deploy" / "audit-prune-cronjob.yaml"
     out = kexec.kubectl("apply", "--dry-run=server", "-f", str(manifest))
     assert "cronjob.batch/kexec-audit-prune created (server dry run)" in out.stdout, out.stderr
+
+
+def _scrape(port: int, token: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            samples.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return samples
+
+
+def _value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
+           **labels: str) -> float:
+    return sum(v for got, v in samples.get(name, [])
+               if all(got.get(k) == want for k, want in labels.items()))
+
+
+def test_metrics_after_a_run_hold_everything_the_dashboard_and_rules_use(
+        kexec: Kexec, tmp_path: Path) -> None:
+    """A controller serving /metrics: run a success and a denial through it, then every
+    metric the rules and the dashboard use exists with their labels and the counters moved."""
+    from tests.unit.test_metrics_monitoring import dashboard_exprs, rule_exprs, used_metrics
+
+    token = "e2e-metrics-token"
+    (tmp_path / "token").write_text(token)
+    port = free_port()
+    kexec.replace_controllers(("e2e-1", ("--no-leader-elect", "--metrics-token-file",
+                                         str(tmp_path / "token"), "--log-format", "json"), port))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                before = _scrape(port, token)
+                if _value(before, "kexec_leader") == 1:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the controller did not serve /metrics"
+            time.sleep(0.3)
+        ns = fresh_ns(kexec, "metrics")
+        ready_deployment(kexec, ns, "web", 1)
+        code, out = run_on_pty(kexec, "run", "scale_deployment", "-n", ns, "-p", "deployment=web",
+                               "-p", "replicas=2", "--follow")
+        assert code == 0, out
+        code, out = run_on_pty(kexec, "run", "scale_deployment", "-n", ns, "-p", "deployment=web",
+                               "-p", "replicas=500", "--follow")
+        assert code == 1 and "PolicyDenied" in out, out
+        after = _scrape(port, token)
+
+        missing = []
+        for name, labels in sorted(used_metrics(rule_exprs() + dashboard_exprs()).items()):
+            series = after.get(name, [])
+            if not series:
+                missing.append(name)
+                continue
+            have = set().union(*(set(s) for s, _ in series))
+            missing += [f"{name}{{{label}}}" for label in labels - have]
+        assert missing == [], f"used by deploy/monitoring but not exported: {missing}"
+
+        def moved(name: str, **labels: str) -> float:
+            return _value(after, name, **labels) - _value(before, name, **labels)
+
+        assert moved("kexec_executions_total", action="scale_deployment", result="Completed") == 1
+        assert moved("kexec_executions_total", action="scale_deployment", result="Failed") == 1
+        assert moved("kexec_phase_transitions_total", phase="Failed", reason="PolicyDenied") == 1
+        assert moved("kexec_phase_transitions_total", phase="Completed", reason="Succeeded") == 1
+        assert moved("kexec_policy_decisions_total", result="allow") == 1
+        assert moved("kexec_policy_decisions_total", result="deny") == 1
+        assert sum(v for labels, v in after["kexec_policy_denials_total"]) >= 1
+        assert moved("kexec_dry_run_validations_total", result="success") == 1
+        assert moved("kexec_job_creation_seconds_count") == 1
+        assert moved("kexec_job_duration_seconds_count", action="scale_deployment",
+                     result="success") == 1
+        assert moved("kexec_execution_duration_seconds_count", action="scale_deployment") == 2
+        assert _value(after, "kexec_audit_writes_total", result="confirmed") >= 2
+        assert _value(after, "kexec_build_info") == 1
+        # Bounded labels: no execution name, namespace or UID in any label value.
+        values = {v for series in after.values() for labels, _ in series for v in labels.values()}
+        assert not [v for v in values if ns in v or "scale-deployment-" in v]
+        # JSON logs with the execution's fields.
+        lines = [json.loads(line) for line in kexec.controller_log().splitlines()
+                 if line.startswith("{")]
+        ours = [line for line in lines if line.get("namespace") == ns and "phase" in line]
+        assert {"Completed", "Failed"} <= {line["phase"] for line in ours}
+        assert all({"execution", "uid", "action", "reason"} <= set(line) for line in ours)
+    finally:
+        kexec.default_controller()
