@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from kexec.application.audit_record import execution_record, transitions
 from kexec.application.grants import NEEDS_BINDING, Grants, TargetClaims
 from kexec.application.limits import HOLDS_SLOT, Limits
 from kexec.application.ports.audit import AuditPort, AuditUnavailable
 from kexec.application.ports.clock import Clock
-from kexec.application.ports.cluster import ClusterPort
-from kexec.application.ports.policy import PolicyPort
+from kexec.application.ports.cluster import ClusterPort, Identity
+from kexec.application.ports.metrics import Metrics, NoMetrics
+from kexec.application.ports.policy import PolicyPort, PolicyUnavailable
 from kexec.application.settings import Settings
+from kexec.domain.actions import ACTIONS
 from kexec.domain.execution import Execution
 from kexec.domain.phases import Phase
+from kexec.domain.policy import PolicyDecision
 from kexec.domain.safety import target_of
 
 log = logging.getLogger("kexec.application.reconcile")
@@ -30,6 +35,49 @@ class StepResult:
 
 
 DONE = StepResult()
+
+
+def action_label(ex: Execution) -> str:
+    """The action as a metric label: a registered action's name, else "unknown" (bounded)."""
+    action = ex.spec.get("action")
+    return action if isinstance(action, str) and action in ACTIONS else "unknown"
+
+
+class _TimedPolicy:
+    """The policy port, reporting each decision's result, duration and denying rules."""
+
+    def __init__(self, policy: PolicyPort, metrics: Metrics) -> None:
+        self.inner = policy
+        self.metrics = metrics
+
+    async def decide(self, input_document: dict[str, Any]) -> PolicyDecision:
+        start = time.monotonic()
+        try:
+            decision = await self.inner.decide(input_document)
+        except PolicyUnavailable:
+            self.metrics.policy_decided("unavailable", time.monotonic() - start, ())
+            raise
+        self.metrics.policy_decided(
+            "allow" if decision.allowed else "deny", time.monotonic() - start,
+            sorted({v.rule for v in decision.violations}) if not decision.allowed else ())
+        return decision
+
+
+class _TimedGrants(Grants):
+    """Grants, reporting how long preparing the per-action identity (RBAC) takes."""
+
+    def __init__(self, cluster: ClusterPort, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(cluster, settings)
+        self.metrics = metrics
+
+    async def acquire(self, ex: Execution, action: str, target_namespace: str) -> Identity:
+        start = time.monotonic()
+        try:
+            return await super().acquire(ex, action, target_namespace)
+        finally:
+            self.metrics.rbac_prepared(time.monotonic() - start)
+
+
 class StepBase:
     def __init__(
         self,
@@ -38,13 +86,15 @@ class StepBase:
         audit: AuditPort,
         clock: Clock,
         settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics: Metrics = metrics or NoMetrics()
         self.cluster = cluster
-        self.policy = policy
+        self.policy: PolicyPort = _TimedPolicy(policy, self.metrics)
         self.audit = audit
         self.clock = clock
         self.settings = settings
-        self.grants = Grants(cluster, settings)
+        self.grants: Grants = _TimedGrants(cluster, settings, self.metrics)
         self.claims = TargetClaims()
         self.limits = Limits(settings.limits, settings.policy_data)
 
@@ -79,8 +129,11 @@ class StepBase:
         if event and saved.phase is not None:
             warning = saved.phase in (Phase.FAILED, Phase.ROLLBACK_READY)
             await self.cluster.emit_event(
-                saved, "Warning" if warning else "Normal", saved.status.reason,
-                f"{saved.phase.value}: {saved.status.message}".rstrip(": "))
+                saved, "Warning" if warning else "Normal", saved.status.reason or
+                saved.phase.value, event_message(ex, saved))
+        if saved.phase is not None and (event or saved.phase is not ex.phase):
+            log.info("%s", event_message(ex, saved), extra=log_fields(saved))
+        self._observe(ex, saved)
         await self.record_audit(saved)
         if saved.terminal:
             self.claims.release(saved)
@@ -90,13 +143,79 @@ class StepBase:
         return StepResult(requeue_after=None if saved.terminal else requeue, wrote=True,
                           resource_version=saved.resource_version)
 
+    def _observe(self, ex: Execution, saved: Execution) -> None:
+        """Metrics of what this write changed: transitions, the Job, the end."""
+        action = action_label(saved)
+        seen = {t.seq for t in ex.status.transitions}
+        for t in saved.status.transitions:
+            if t.seq not in seen:
+                self.metrics.transition(action, t.phase.value, t.reason or "None")
+        before, after = ex.status.job_run, saved.status.job_run
+        if after and after.job_name and not (before and before.job_name):
+            since = saved.status.entered(Phase.PREPARING)
+            if since is not None:
+                self.metrics.job_created(max(0.0, (self.clock.now() - since).total_seconds()))
+        if (after and after.start_time and after.completion_time
+                and not (before and before.completion_time)):
+            self.metrics.job_finished(
+                action, "failure" if saved.phase is Phase.FAILED else "success",
+                (after.completion_time - after.start_time).total_seconds())
+        if saved.terminal and not ex.terminal and saved.phase is not None:
+            ended = saved.status.entered(saved.phase) or self.clock.now()
+            self.metrics.execution_finished(action, saved.phase.value,
+                                            max(0.0, (ended - saved.created).total_seconds()))
+
     async def record_audit(self, ex: Execution) -> bool:
         """Send the execution's summary and transitions; True once the store confirms all."""
         try:
             await self.audit.record(execution_record(ex),
                                     transitions(ex, self.settings.controller_id))
+            self.metrics.audit_written(True)
             return True
         except AuditUnavailable as exc:
-            log.warning("audit write for %s not confirmed: %s", ex.key, exc)
+            log.warning("audit write for %s not confirmed: %s", ex.key, exc,
+                        extra=log_fields(ex))
+            self.metrics.audit_written(False)
             return False
+
+
+def log_fields(ex: Execution) -> dict[str, Any]:
+    """The structured fields of a log line about one execution (never spec values)."""
+    return {"execution": ex.name, "namespace": ex.namespace, "uid": ex.uid,
+            "action": action_label(ex), "phase": ex.phase.value if ex.phase else "New",
+            "reason": ex.status.reason}
+
+
+# What a human reads in `kubectl describe`, by the phase entered.
+_EVENT_TEXT = {
+    Phase.PENDING: "waiting",
+    Phase.VALIDATING: "validating",
+    Phase.WAITING_APPROVAL: "validated; waiting for a second person to approve "
+                            "(kexec approve)",
+    Phase.PREPARING: "validated (policy allowed, dry run passed); preparing the action's "
+                     "identity and Job",
+    Phase.EXECUTING: "Job {job} started",
+    Phase.VERIFYING: "Job {job} succeeded; checking the postconditions",
+    Phase.COMPLETED: "done: the postconditions hold",
+    Phase.FAILED: "failed",
+    Phase.ROLLBACK_READY: "postconditions failed; a rollback is ready (kexec rollback {name})",
+}
+
+
+def event_message(ex: Execution, saved: Execution) -> str:
+    """One line: what happened (phase change or not) and why, e.g.
+    ``Validating → Failed: denied by no_production_drain: ...``."""
+    assert saved.phase is not None
+    what = _EVENT_TEXT.get(saved.phase, saved.phase.value).format(
+        job=saved.status.job_run.job_name if saved.status.job_run else "",
+        name=saved.name)
+    if saved.phase is Phase.COMPLETED and saved.status.validation and \
+            saved.spec.get("dryRun"):
+        what = "dry run passed: nothing was changed"
+    moved = f"{ex.phase.value if ex.phase else 'New'} → {saved.phase.value}" \
+        if ex.phase is not saved.phase else saved.phase.value
+    detail = " ".join(saved.status.message.split())
+    line = f"{moved}: {what}" + (
+        f" ({detail})" if detail and detail.lower() not in what.lower() else "")
+    return line if len(line) <= 1000 else line[:997] + "..."
 

@@ -7,6 +7,7 @@ makes is the per-action binding (removed again unless the execution goes on).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kexec.application.limits import QUEUED
@@ -125,7 +126,9 @@ class ValidationStep(StepBase):
         if not decision.allowed:
             return await self._fail(ex, new, "PolicyDenied", f"denied by {rules}: {detail}")
 
+        started = time.monotonic()
         dry = await self._dry_run(ex, action, params, snap, identity, secrets, now)
+        self.metrics.dry_run("success" if dry.success else "failure", time.monotonic() - started)
         if not dry.success:
             new.dry_run_failed(dry, now)
             return await self._commit(ex, new)

@@ -18,12 +18,19 @@ from kexec.domain.errors import FieldError, SafetyViolation, ValidationError
 from kexec.domain.execution import API_VERSION, KIND
 from kexec.domain.safety import check_target_cluster
 from kexec.domain.spec import parse_spec
+from kexec.entrypoints.cli_logging import configure_logging, logging_options
+
+
+def _cli_logging(fn: Any) -> Any:
+    return logging_options(fn, default_level="warning")
 
 
 @click.group()
 @click.version_option(package_name="kexec")
-def cli() -> None:
+@_cli_logging
+def cli(log_format: str, log_level: str) -> None:
     """kexec: execute single Kubernetes remediation actions safely."""
+    configure_logging(log_format, log_level)
 
 
 @cli.command()
@@ -245,8 +252,11 @@ def runner() -> None:
 def _register_optional() -> None:
     """Commands whose modules need optional services (PostgreSQL, controller runtime)."""
     from kexec.entrypoints.cli_audit import audit
+    from kexec.entrypoints.cli_run import describe, get, run
 
     cli.add_command(audit)
+    for command in (run, get, describe):
+        cli.add_command(command)
     try:
         from kexec.entrypoints.controller import controller
     except ImportError:

@@ -34,14 +34,22 @@ _DURATION_PART = re.compile(r"(\d+)(w|d|h|m|s)")
 _UNIT = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
+def parse_window(text: str) -> timedelta | None:
+    """``1h``, ``7d``, ``1h30m``, ``2w`` as a timedelta; None when it is not one."""
+    if not _DURATION.match(text):
+        return None
+    delta = timedelta()
+    for amount, unit in _DURATION_PART.findall(text):
+        delta += timedelta(**{_UNIT[unit]: int(amount)})
+    return delta
+
+
 def parse_since(value: str, *, now: datetime | None = None) -> datetime:
     """``1h``, ``7d``, ``1h30m``, ``2w`` (ago), or an ISO date/datetime (UTC if naive)."""
     text = value.strip()
-    if _DURATION.match(text):
-        delta = timedelta()
-        for amount, unit in _DURATION_PART.findall(text):
-            delta += timedelta(**{_UNIT[unit]: int(amount)})
-        return (now or datetime.now(UTC)) - delta
+    window = parse_window(text)
+    if window is not None:
+        return (now or datetime.now(UTC)) - window
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -193,7 +201,56 @@ def _list_dict(e: StoredExecution) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the command
 
 
-@click.command("audit")
+class _AuditGroup(click.Group):
+    """``kexec audit prune ...``; anything else is ``kexec audit [NAME] [filters]``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("audit", cls=_AuditGroup)
+def audit() -> None:
+    """The audit trail: `kexec audit [NAME] [filters]` shows it, `kexec audit prune` applies
+    the retention."""
+
+
+@audit.command("prune")
+@click.option("--older-than", required=True, metavar="DURATION",
+              help="delete executions created more than this long ago (e.g. 90d, 2w; "
+              "at least 1d) with all their events")
+@click.option("--dsn", envvar="KEXEC_AUDIT_DSN",
+              help="PostgreSQL DSN of the audit database (default: $KEXEC_AUDIT_DSN).")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True,
+              help="Seconds to wait for the database.")
+def prune(older_than: str, dsn: str | None, timeout: float) -> None:
+    """Retention: run prune_audit() once (a CronJob runs this daily, deploy/)."""
+    if not dsn:
+        raise click.UsageError("no audit database: pass --dsn or set KEXEC_AUDIT_DSN")
+    window = parse_window(older_than.strip())
+    if window is None:
+        raise click.BadParameter(f"{older_than!r} is not a duration (90d, 2w, 36h)",
+                                 param_hint="--older-than")
+    if window < timedelta(days=1):
+        raise click.BadParameter(f"retention must be at least 1 day, not {older_than}",
+                                 param_hint="--older-than")
+
+    async def go() -> Any:
+        async with open_audit(dsn, command_timeout=timeout, connect_timeout=timeout) as store:
+            return await store.prune(window)
+
+    try:
+        result = asyncio.run(go())
+    except AuditUnavailable as e:
+        click.echo(f"error: cannot prune the audit database at {redact_dsn(dsn)}: "
+                   f"{_strip_dsn(str(e), dsn)}", err=True)
+        raise click.exceptions.Exit(1) from None
+    click.echo(f"pruned {result.executions} executions and {result.events} events created "
+               f"before {_ts(datetime.now(UTC) - window)} UTC")
+
+
+@audit.command("show")
 @click.argument("name", required=False)
 @click.option("-n", "--namespace", help="Namespace of the execution(s).")
 @click.option("--since", help="Only executions created since: 30m, 1h, 7d, 2w or an ISO date.")
@@ -216,7 +273,7 @@ def _list_dict(e: StoredExecution) -> dict[str, Any]:
     "--timeout", type=click.FloatRange(0.1, 300), default=5.0, show_default=True,
     help="Seconds to wait for the database.",
 )  # fmt: skip
-def audit(
+def show(
     name: str | None,
     namespace: str | None,
     since: str | None,

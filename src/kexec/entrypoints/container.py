@@ -17,6 +17,7 @@ from kexec.adapters.audit.postgres import PostgresAudit, audit_pool
 from kexec.adapters.clock import SystemClock
 from kexec.adapters.kubernetes.client import api_client
 from kexec.adapters.kubernetes.cluster import KubernetesCluster
+from kexec.adapters.metrics import PrometheusMetrics
 from kexec.application.limits import LimitSettings
 from kexec.application.reconcile import ReconcileExecution
 from kexec.application.settings import Settings
@@ -35,6 +36,13 @@ def _policy(engine: str, opa_url: str, policy_dir: str, registry: Any) -> Any:
 
     return ReloadablePolicy(load_policy_dir(policy_dir) if policy_dir else None,
                             registry=registry)
+
+
+def _metrics(registry: CollectorRegistry | None) -> Any:
+    """Prometheus metrics on the caller's registry; none without one (tests, CLI)."""
+    from kexec.application.ports.metrics import NoMetrics
+
+    return PrometheusMetrics(registry) if registry is not None else NoMetrics()
 
 
 def _settings(namespace: str, trusted: str, identity: str, approval_timeout: int,
@@ -80,7 +88,9 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(_settings, config.namespace, config.trusted_namespaces,
                                    config.identity, config.approval_timeout.as_(int),
                                    config.policy_dir, policy, config.allow_self_approval)
-    reconcile = providers.Singleton(ReconcileExecution, cluster, policy, audit, clock, settings)
+    metrics = providers.Singleton(_metrics, registry)
+    reconcile = providers.Singleton(ReconcileExecution, cluster, policy, audit, clock, settings,
+                                    metrics)
 
 
 DEFAULTS: dict[str, Any] = {

@@ -24,10 +24,13 @@ import click
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from kexec.adapters.kubernetes.wire import to_execution
+from kexec.adapters.metrics import ActiveExecutions, controller_gauges, phases_of
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
+from kexec.application.step import log_fields
 from kexec.domain.execution import GROUP, PLURAL, VERSION, Execution
 from kexec.domain.naming import CONTROLLER_NAMESPACE
+from kexec.entrypoints.cli_logging import configure_logging, log_context, logging_options
 from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
 from kexec.runtime.informer import Informer, object_key
 from kexec.runtime.metrics import make_registry
@@ -80,6 +83,7 @@ class Controller:
                                       ["phase"], registry=registry,
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1,
                                                2.5))
+        self.leader_gauge = controller_gauges(registry)
 
     # --- event plumbing ---------------------------------------------------------------
     def _on_execution(self, type_: str, obj: dict[str, Any]) -> None:
@@ -114,7 +118,8 @@ class Controller:
             return 0.2
         execution = to_execution(obj)
         phase = execution.phase.value if execution.phase else "New"
-        with self.step_seconds.labels(phase).time():
+        with self.step_seconds.labels(phase).time(), log_context(**log_fields(execution),
+                                                                 step=phase):
             try:
                 result = await self.reconcile(execution)
             except Conflict:
@@ -150,12 +155,14 @@ class Controller:
         except Exception as exc:  # best effort: the next release removes them too
             log.warning("binding clean-up failed: %s", exc)
         self.leading.set()
+        self.leader_gauge.set(1)
         for key in list(self.executions.cache):
             self.queue.add(key)
 
     def on_stopped_leading(self) -> None:
         log.warning("lost leadership; stopping work")
         self.leading.clear()
+        self.leader_gauge.set(0)
         self.stopping.set()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -167,6 +174,7 @@ class Controller:
                              on_event=self._on_job, name="jobs")
         self.nodes = Informer(api, "", "v1", "nodes", name="nodes")
         executions, nodes = self.executions, self.nodes
+        self.registry.register(ActiveExecutions(lambda: phases_of(executions.cache.values())))
         self.container.config.execution_cache.from_value(lambda: list(executions.cache.values()))
         self.container.config.node_cache.from_value(lambda: list(nodes.cache.values()))
         self.reconcile = await resolve(self.container.reconcile())
@@ -350,14 +358,15 @@ async def run_controller(cfg: ControllerConfig) -> None:
               help="seconds an execution may wait for approval")
 @click.option("--allow-self-approval", envvar="KEXEC_ALLOW_SELF_APPROVAL", is_flag=True,
               help="let a requester approve their own execution (default: a second person)")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="same as --log-level debug")
+@logging_options
 def controller(kubeconfig: str | None, namespace: str, trusted_namespaces: str, workers: int,
                image: str, audit_dsn: str, policy_engine: str, opa_url: str, policy_dir: str,
                leader_elect: bool, identity: str, http_addr: str, metrics_token_file: str,
-               approval_timeout: int, allow_self_approval: bool, verbose: bool) -> None:
+               approval_timeout: int, allow_self_approval: bool, verbose: bool, log_format: str,
+               log_level: str) -> None:
     """Run the controller (watch executions, reconcile them, one Job per attempt)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(log_format, "debug" if verbose else log_level)
     host, _, port = http_addr.rpartition(":")
     cfg = ControllerConfig(
         kubeconfig=kubeconfig, namespace=namespace, trusted_namespaces=trusted_namespaces,
