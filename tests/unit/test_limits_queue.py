@@ -133,3 +133,25 @@ async def test_the_knobs_follow_the_live_policy_data() -> None:
     data = {"kexec": {"config": {"max_concurrent_per_namespace": 2}}}  # a policy reload
     await w.step("ex1")
     assert (await w.get("ex1")).phase is Phase.PREPARING
+
+
+async def test_queued_executions_are_counted_by_limit_for_the_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kexec.adapters.metrics import QueuedExecutions
+
+    w = World()
+    for i in range(7):
+        w.cluster.add(deployment(f"app{i}"))
+        await w.create("scale_deployment", {"namespace": NS, "deployment": f"app{i}",
+                                            "replicas": 3}, name=f"q{i}")
+        w.clock.advance(1)
+    for i in range(7):
+        await w.step(f"q{i}")
+    assert w.reconcile.limits.queued_by_limit() == {"namespace": 2, "action": 0, "nodes": 0}
+    registry = CollectorRegistry()
+    registry.register(QueuedExecutions(w.reconcile.limits.queued_by_limit))
+    text = generate_latest(registry).decode()
+    assert 'kexec_queued_executions{limit="namespace"} 2.0' in text
+    await settle(w, [f"q{i}" for i in range(7)])
+    assert w.reconcile.limits.queued_by_limit() == {"namespace": 0, "action": 0, "nodes": 0}

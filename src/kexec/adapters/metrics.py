@@ -7,7 +7,7 @@ registry), phases, reasons, results, policy rules. Registered on an injected reg
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -119,6 +119,22 @@ class ActiveExecutions(Collector):
                                    "Executions not yet terminal, by phase", labels=["phase"])
         for phase, n in sorted(counts.items()):
             family.add_metric([phase], n)
+        yield family
+
+
+class QueuedExecutions(Collector):
+    """``kexec_queued_executions{limit}``: executions held in Pending/Queued, by the kind of
+    limit they wait for, counted at scrape time."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("kexec_queued_executions",
+                                   "Executions waiting for a concurrency limit, by limit",
+                                   labels=["limit"])
+        for limit, n in sorted(self.counts().items()):
+            family.add_metric([limit], n)
         yield family
 
 

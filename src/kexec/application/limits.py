@@ -103,6 +103,7 @@ class Limits:
         self._namespace: dict[str, str] = {}
         # Executions waiting in a queue: uid → (creation order, key, limit keys).
         self._queued: dict[str, tuple[tuple[Any, str, str], str, frozenset[str]]] = {}
+        self._blocked_by: dict[str, str] = {}  # uid → the kind of limit it waits for
         self.ready = False
         # Called with the execution whose slots (or place in a queue) just freed.
         self.on_free: Callable[[Execution], None] = lambda ex: None
@@ -142,6 +143,7 @@ class Limits:
         self._slots.clear()
         self._namespace.clear()
         self._queued.clear()
+        self._blocked_by.clear()
         for ex in executions:
             if ex.phase in HOLDS_SLOT and not ex.deleting:
                 self._slots[ex.uid] = self.limits_of(ex, 0)
@@ -168,9 +170,11 @@ class Limits:
                         and any(lim.key == limit.key for lim in self.limits_of(o, 0)))
             if used + ahead >= limit.maximum:
                 self._queued[ex.uid] = (mine, ex.key, frozenset(w.key for w in wanted))
+                self._blocked_by[ex.uid] = limit.key.split("/", 1)[0]
                 return (f"limit {limit.describe}: {used} of {limit.maximum} in use; "
                         f"position {ahead + 1} in the queue")
         self._queued.pop(ex.uid, None)
+        self._blocked_by.pop(ex.uid, None)
         if reserve:
             self._slots[ex.uid] = wanted
             self._namespace[ex.uid] = ex.namespace
@@ -186,7 +190,16 @@ class Limits:
         those waiting behind it."""
         self.release(ex)
         self._queued.pop(ex.uid, None)
+        self._blocked_by.pop(ex.uid, None)
         self.on_free(ex)
+
+    def queued_by_limit(self) -> dict[str, int]:
+        """How many executions wait, by the kind of limit they wait for (namespace, action,
+        nodes): bounded, for the metrics."""
+        counts = dict.fromkeys(("namespace", "action", "nodes"), 0)
+        for kind in self._blocked_by.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def active_by_namespace(self, exclude: str) -> dict[str, int]:
         """Executions holding a slot, per namespace (the policy input's activeExecutions)."""

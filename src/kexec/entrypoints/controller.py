@@ -24,7 +24,12 @@ import click
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from kexec.adapters.kubernetes.wire import to_execution
-from kexec.adapters.metrics import ActiveExecutions, controller_gauges, phases_of
+from kexec.adapters.metrics import (
+    ActiveExecutions,
+    QueuedExecutions,
+    controller_gauges,
+    phases_of,
+)
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
 from kexec.application.step import log_fields
@@ -178,6 +183,8 @@ class Controller:
         self.container.config.execution_cache.from_value(lambda: list(executions.cache.values()))
         self.container.config.node_cache.from_value(lambda: list(nodes.cache.values()))
         self.reconcile = await resolve(self.container.reconcile())
+        limits = self.reconcile.limits
+        self.registry.register(QueuedExecutions(limits.queued_by_limit))
         self.reconcile.limits.on_free = self._wake
         audit = await resolve(self.container.audit())
         await self._migrate()
