@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import re
 import sys
 import time
@@ -78,6 +80,23 @@ async def create(api: ApiClient, ns: str, name: str, cm: str, **spec: Any) -> No
                        _return_http_data_only=True)
 
 
+async def baseline(api: ApiClient, ns: str, n: int) -> dict[str, Any]:
+    """The same change made directly through the same client: server dry run, then the
+    merge patch (what an operator without kexec would do), one ConfigMap after another."""
+    times = []
+    for i in range(n):
+        path = f"/api/v1/namespaces/{ns}/configmaps/cm-{i}"
+        t0 = time.monotonic()
+        for query in ([("dryRun", "All")], []):
+            await api.call_api(path, "PATCH", query_params=query, body={"data": {"tick": f"baseline-{i}"}},
+                               header_params={"Content-Type": "application/merge-patch+json",
+                                              "Accept": "application/json"},
+                               auth_settings=["BearerToken"], response_types_map={200: "object"},
+                               _return_http_data_only=True)
+        times.append(time.monotonic() - t0)
+    return {"n": n, "p50": pct(times, 0.5), "p95": pct(times, 0.95), "requests_per_change": 2}
+
+
 def metrics(port: int, token: str) -> str:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
                                  headers={"Authorization": f"Bearer {token}"})
@@ -94,6 +113,12 @@ def counter(text: str, name: str) -> dict[str, float]:
     return out
 
 
+def metric_sum(text: str, name: str) -> float:
+    """The sum of a metric over all its label sets."""
+    return sum(float(m.group(1)) for line in text.splitlines()
+               if (m := re.match(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", line)))
+
+
 def histogram_quantile(text: str, name: str, phases: tuple[str, ...], q: float) -> float:
     buckets: dict[float, float] = {}
     for line in text.splitlines():
@@ -106,6 +131,49 @@ def histogram_quantile(text: str, name: str, phases: tuple[str, ...], q: float) 
         if total and buckets[le] >= q * total:
             return le
     return float("nan")
+
+
+class RssSampler:
+    """Samples the controller's /proc status every 0.2 s: where the peak is (anonymous heap
+    vs mapped files) and how many threads it had then."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid = pid
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[key + "_mb"] = int(value.split()[0]) / 1024
+            elif key == "Threads":
+                out["threads"] = int(value)
+        sockets = 0
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sockets += os.readlink(fd).startswith("socket:")
+        out["sockets"] = sockets
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                now = self._sample()
+            except OSError:
+                return
+            if now.get("VmRSS_mb", 0) >= self.peak.get("VmRSS_mb", 0):
+                self.peak = now
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -145,6 +213,7 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
             "to_done_p50": pct(to_done, 0.5), "to_done_p95": pct(to_done, 0.95),
             "completed": sum(1 for x in keys if clocks.phase.get(x) == "Completed"),
         }
+        results["baseline"] = await baseline(api, ns, latency_n)
         text = metrics(port, token)
         results["validation_p95"] = histogram_quantile(text, "kexec_reconcile_seconds",
                                                        ("New", "Pending", "Validating"), 0.95)
@@ -156,7 +225,8 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
                                ("burst", burst_n, {"timeout": "15m"})):
             if not n:
                 continue
-            before = counter(metrics(port, token), "kexec_api_requests_total")
+            text_before = metrics(port, token)
+            before = counter(text_before, "kexec_api_requests_total")
             names = [(f"bench-burst-{i % 10}", f"{label[:3]}-{i}", f"cm-{i // 10}") for i in range(n)]
             t0 = time.monotonic()
             sem = asyncio.Semaphore(32)
@@ -190,6 +260,9 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
                 "outcomes": dict(Counter(f"{clocks.phase.get(x)}/{clocks.reason.get(x)}" for x in keys)),
                 "api_per_execution": per,
                 "writes_per_execution": sum(v for m, v in per.items() if m not in ("GET", "PATCH")),
+                "gets_per_execution": per.get("GET", 0.0),
+                "reconciles_per_execution": (metric_sum(text_after, "kexec_reconcile_total")
+                                             - metric_sum(text_before, "kexec_reconcile_total")) / n,
             }
         await execs.stop()
         await jobs.stop()
@@ -202,6 +275,7 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=200, help="executions with real Jobs at once")
     parser.add_argument("--dry-burst", type=int, default=1000, help="dryRun executions at once")
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--json-out", help="also write the results to this JSON file")
     args = parser.parse_args()
     with ControlPlane() as cp, PostgresServer() as pg:
         sim = NodeSimulator(cp.kubeconfig, nodes=3, log_dir=cp.log_dir)
@@ -227,8 +301,14 @@ def main() -> int:
             proc = k.start_controller("bench", "--no-leader-elect", "--workers", str(args.workers),
                                       "--metrics-token-file", str(token_file))
             time.sleep(3)
+            idle = RssSampler(proc.pid)._sample()
+            sampler = RssSampler(proc.pid)
             res = asyncio.run(bench(k, args.latency, args.burst, args.dry_burst, "bench-token", k.http_port))
             res["rss_peak_mb"] = rss_peak_mb(proc.pid)
+            usage = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            res["controller_cpu_s"] = (int(usage[11]) + int(usage[12])) / os.sysconf("SC_CLK_TCK")
+            res["rss_idle"] = idle
+            res["rss_at_peak"] = sampler.stop()
         finally:
             k.stop()
             sim.stop()
@@ -252,8 +332,18 @@ def main() -> int:
         per = ", ".join(f"{m} {v:.1f}" for m, v in sorted(b["api_per_execution"].items()))
         print(f"| API requests per execution, {what} | ≤ 10 writes | {b['writes_per_execution']:.1f} "
               f"writes (POST+PUT; PATCH is the dry run) — {per} |")
-    print(f"| controller peak RSS (VmHWM) | ≤ 150 MB | {res['rss_peak_mb']:.0f} MB |")
+    at = res["rss_at_peak"]
+    print(f"| controller peak RSS (VmHWM) | ≤ 150 MB | {res['rss_peak_mb']:.0f} MB (idle after start "
+          f"{res['rss_idle'].get('VmRSS_mb', 0):.0f} MB; at the peak: anonymous {at.get('RssAnon_mb', 0):.0f} MB, "
+          f"files {at.get('RssFile_mb', 0):.0f} MB, {at.get('threads', 0):.0f} threads, "
+          f"{at.get('sockets', 0):.0f} sockets) |")
+    base = res["latency"]
+    print(f"| baseline: the same change directly (dry run + patch, same client), p50 / p95 | — | "
+          f"{res['baseline']['p50'] * ms:.0f} / {res['baseline']['p95'] * ms:.0f} ms "
+          f"(kexec/baseline p95: {base['to_done_p95'] / res['baseline']['p95']:.0f}x) |")
     print(json.dumps(res, indent=1, default=str))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res, default=str))
     return 0
 
 

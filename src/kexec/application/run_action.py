@@ -7,7 +7,6 @@ to undo it. The report is redacted: it becomes the Job's termination message.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -116,6 +115,14 @@ def guard_mismatch(guard: Mapping[str, str], snap: Snapshot) -> str:
     return ""
 
 
+async def event_loop_sleep(seconds: float) -> None:
+    """asyncio.sleep, imported when first needed: the runner passes a blocking sleep and so
+    never loads asyncio (≈ 30 ms CPU and 9 MB at start, DESIGN.md §4)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
 class EvictionBlocked(ClusterError):
     """Evictions still refused (PodDisruptionBudget) when the deadline came."""
 
@@ -127,7 +134,7 @@ class RunAction:
         self,
         cluster: RunnerCluster,
         clock: Clock,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] = event_loop_sleep,
     ) -> None:
         self.cluster = cluster
         self.clock = clock

@@ -4,20 +4,25 @@ Reads its orders from the environment the controller wrote into the Job,
 performs the action (RunAction), writes a JSON report (≤ 4 KiB, redacted) to
 the termination-message path and exits 0 (done), 1 (retryable) or 2
 (permanent: the Job's podFailurePolicy stops retrying).
+
+It must start light (DESIGN.md §4: ≤ 0.15 s CPU, ≤ 40 MB per action): it imports the
+domain, ``RunAction`` and the standard-library transport only — no CLI, no controller, no
+kubernetes-asyncio. Started as ``kexec runner`` (``entrypoints/launch.py`` dispatches it
+before loading the CLI), ``kexec-runner`` or ``python -m kexec.entrypoints.runner``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import sys
-from typing import Any
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from kexec.adapters.clock import SystemClock
-from kexec.adapters.kubernetes.api import KubernetesApi
-from kexec.adapters.kubernetes.client import api_client
+from kexec.adapters.kubernetes.stdlib_client import StdlibApi, endpoint_from_env
 from kexec.application.run_action import (
     EXIT_PERMANENT,
     RunAction,
@@ -28,6 +33,7 @@ from kexec.application.run_action import (
 
 MAX_MESSAGE = 4096
 log = logging.getLogger("kexec.runner")
+T = TypeVar("T")
 
 
 def fit(report: dict[str, Any]) -> str:
@@ -47,6 +53,25 @@ def fit(report: dict[str, Any]) -> str:
     return text[:MAX_MESSAGE]
 
 
+async def blocking_sleep(seconds: float) -> None:
+    time.sleep(seconds)  # noqa: ASYNC251 - the runner has no event loop (run_to_completion)
+
+
+def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
+    """Drive a coroutine that never suspends, without an event loop.
+
+    The runner's I/O blocks (``StdlibApi``) and so does its sleep (``blocking_sleep``): one
+    task, nothing to interleave, so ``RunAction`` completes in a single step and the runner
+    does not pay for asyncio. A coroutine that does suspend is a bug, reported as such.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("the runner's coroutine suspended: it must not wait on an event loop")
+
+
 async def run(env: dict[str, str]) -> RunReport:
     try:
         req = request_from_env(env)
@@ -57,16 +82,17 @@ async def run(env: dict[str, str]) -> RunReport:
                          message=f"missing environment variable {exc.args[0]}")
     except ValueError as exc:
         return RunReport(False, reason="InvalidRunnerEnvironment", message=str(exc))
-    async for api in api_client(pool_size=4):
-        cluster = KubernetesApi(api, request_timeout=15.0)
-        return await RunAction(cluster, SystemClock())(req)
-    raise RuntimeError("no API client")  # pragma: no cover
+    cluster = StdlibApi(endpoint_from_env(env), request_timeout=15.0)
+    try:
+        return await RunAction(cluster, SystemClock(), blocking_sleep)(req)
+    finally:
+        cluster.close()
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     env = dict(os.environ)
-    report = asyncio.run(run(env))
+    report = run_to_completion(run(env))
     text = fit(report.to_dict())
     path = env.get("KEXEC_TERMINATION_LOG", "/dev/termination-log")
     try:
