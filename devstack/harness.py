@@ -158,6 +158,8 @@ class Kexec:
             "--trusted-namespaces", NS_CTRL, "--audit-dsn", self.dsn,
             "--policy-dir", str(ROOT / "policies"), "--image", "kexec:e2e",
             "--http-addr", f"127.0.0.1:{self.http_port if http_port is None else http_port}",
+            # probes and /metrics on one port, as the e2e tests read them
+            "--metrics-addr", f"127.0.0.1:{self.http_port if http_port is None else http_port}",
             "--identity", identity, "--workers", "16", *extra,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")

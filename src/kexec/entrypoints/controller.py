@@ -54,6 +54,8 @@ class ControllerConfig:
     identity: str = ""
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090  # == http_port on the same host: one server for both
     metrics_token_file: str = ""
     approval_timeout: int = 3600
     allow_self_approval: bool = False
@@ -269,9 +271,31 @@ class Controller:
             return None
         from kexec.runtime.http import make_app, metrics_auth, serve
 
-        auth = metrics_auth(api, token_file=self.cfg.metrics_token_file or None)
-        app = make_app(self.registry, self.ready, auth)
-        return await serve(app, self.cfg.http_host, self.cfg.http_port)
+        cfg = self.cfg
+        auth = metrics_auth(api, token_file=cfg.metrics_token_file or None)
+        if (cfg.metrics_host, cfg.metrics_port) == (cfg.http_host, cfg.http_port):
+            return await serve(make_app(self.registry, self.ready, auth),
+                               cfg.http_host, cfg.http_port)
+        probes = await serve(make_app(self.registry, self.ready, auth, metrics=False),
+                             cfg.http_host, cfg.http_port)
+        if not cfg.metrics_port:
+            return probes
+        try:
+            metrics = await serve(make_app(self.registry, self.ready, auth, probes=False),
+                                  cfg.metrics_host, cfg.metrics_port)
+        except OSError:
+            await probes.stop()
+            raise
+        return _Servers((probes, metrics))
+
+
+@dataclass
+class _Servers:
+    handles: tuple[Any, ...]
+
+    async def stop(self) -> None:
+        for handle in self.handles:
+            await handle.stop()
 
 
 def _older(cached: Any, written: str | None) -> bool:
@@ -343,7 +367,9 @@ async def run_controller(cfg: ControllerConfig) -> None:
 @click.option("--identity", envvar="KEXEC_POD_NAME", default="",
               help="this replica's name in the Lease and the audit trail")
 @click.option("--http-addr", envvar="KEXEC_HTTP_ADDR", default="0.0.0.0:8080",
-              show_default=True, help="health probes and /metrics")
+              show_default=True, help="health probes (/healthz, /readyz)")
+@click.option("--metrics-addr", envvar="KEXEC_METRICS_ADDR", default="0.0.0.0:9090",
+              show_default=True, help="/metrics (port 0: off; same as --http-addr: shared)")
 @click.option("--metrics-token-file", envvar="KEXEC_METRICS_TOKEN_FILE", default="",
               help="static bearer token for /metrics (else TokenReview + SubjectAccessReview)")
 @click.option("--approval-timeout", default=3600, show_default=True, type=int,
@@ -353,18 +379,21 @@ async def run_controller(cfg: ControllerConfig) -> None:
 @click.option("-v", "--verbose", is_flag=True)
 def controller(kubeconfig: str | None, namespace: str, trusted_namespaces: str, workers: int,
                image: str, audit_dsn: str, policy_engine: str, opa_url: str, policy_dir: str,
-               leader_elect: bool, identity: str, http_addr: str, metrics_token_file: str,
+               leader_elect: bool, identity: str, http_addr: str, metrics_addr: str,
+               metrics_token_file: str,
                approval_timeout: int, allow_self_approval: bool, verbose: bool) -> None:
     """Run the controller (watch executions, reconcile them, one Job per attempt)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host, _, port = http_addr.rpartition(":")
+    metrics_host, _, metrics_port = metrics_addr.rpartition(":")
     cfg = ControllerConfig(
         kubeconfig=kubeconfig, namespace=namespace, trusted_namespaces=trusted_namespaces,
         workers=workers, image=image, audit_dsn=audit_dsn, policy_engine=policy_engine,
         opa_url=opa_url, policy_dir=policy_dir, leader_elect=leader_elect,
         identity=identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
         http_host=host or "0.0.0.0", http_port=int(port or 0),
+        metrics_host=metrics_host or "0.0.0.0", metrics_port=int(metrics_port or 0),
         metrics_token_file=metrics_token_file, approval_timeout=approval_timeout,
         allow_self_approval=allow_self_approval,
     )
