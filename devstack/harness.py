@@ -117,8 +117,8 @@ class Kexec:
                         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                                       "name": APPROVER}]})
         self.namespace(NS_CTRL)
-        self.kubectl("create", "serviceaccount", "kexec-controller", "-n", NS_CTRL, check=False)
-        token = self.api("POST", f"/api/v1/namespaces/{NS_CTRL}/serviceaccounts/kexec-controller/token",
+        self.kubectl("create", "serviceaccount", "kubernetes-executor-sa", "-n", NS_CTRL, check=False)
+        token = self.api("POST", f"/api/v1/namespaces/{NS_CTRL}/serviceaccounts/kubernetes-executor-sa/token",
                          {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                           "spec": {"expirationSeconds": 86400}})["status"]["token"]
         assert self.cp.kubeconfig is not None
@@ -158,6 +158,8 @@ class Kexec:
             "--trusted-namespaces", NS_CTRL, "--audit-dsn", self.dsn,
             "--policy-dir", str(ROOT / "policies"), "--image", "kexec:e2e",
             "--http-addr", f"127.0.0.1:{self.http_port if http_port is None else http_port}",
+            # probes and /metrics on one port, as the e2e tests read them
+            "--metrics-addr", f"127.0.0.1:{self.http_port if http_port is None else http_port}",
             "--identity", identity, "--workers", "16", *extra,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")

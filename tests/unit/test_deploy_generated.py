@@ -28,6 +28,7 @@ from kexec.adapters.kubernetes.manifests import REGENERATE, generated_files
 from kexec.adapters.kubernetes.rbac import (
     CONTROLLER_NAME,
     CONTROLLER_NAMESPACE,
+    CONTROLLER_SERVICE_ACCOUNT,
     action_role_name,
     action_service_account,
 )
@@ -476,7 +477,7 @@ def test_configmaps_and_leases_only_in_the_controller_namespace() -> None:
 
 def test_bindings_name_the_controller_service_account() -> None:
     docs = rbac_docs()
-    subject = {"kind": "ServiceAccount", "name": CONTROLLER_NAME, "namespace": CONTROLLER_NAMESPACE}
+    subject = {"kind": "ServiceAccount", "name": CONTROLLER_SERVICE_ACCOUNT, "namespace": CONTROLLER_NAMESPACE}
     crb = by_kind_name(docs, "ClusterRoleBinding", CONTROLLER_NAME)
     rb = by_kind_name(docs, "RoleBinding", CONTROLLER_NAME)
     assert crb["subjects"] == [subject] and crb["roleRef"]["name"] == CONTROLLER_NAME
@@ -494,12 +495,12 @@ def test_bindings_name_the_controller_service_account() -> None:
 def test_controller_deployment() -> None:
     docs = load_all(DEPLOY / "controller.yaml")
     by_kind_name(docs, "Namespace", CONTROLLER_NAMESPACE)
-    by_kind_name(docs, "ServiceAccount", CONTROLLER_NAME)
+    by_kind_name(docs, "ServiceAccount", CONTROLLER_SERVICE_ACCOUNT)
     dep = by_kind_name(docs, "Deployment", CONTROLLER_NAME)
     assert dep["metadata"]["namespace"] == CONTROLLER_NAMESPACE
     assert dep["spec"]["replicas"] == 2
     pod = dep["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == CONTROLLER_NAME
+    assert pod["serviceAccountName"] == CONTROLLER_SERVICE_ACCOUNT
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]

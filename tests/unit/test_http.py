@@ -251,3 +251,17 @@ async def test_serve_busy_port_raises() -> None:
             await serve(app, "127.0.0.1", first.port)
     finally:
         await first.stop()
+
+
+async def test_probe_and_metrics_apps_are_split() -> None:
+    registry = registry_with_metric()
+    probes = make_app(registry, lambda: True, StaticTokenAuth(TOKEN), metrics=False)
+    metrics = make_app(registry, lambda: True, StaticTokenAuth(TOKEN), probes=False)
+    async with client_for(probes) as c:
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/readyz")).status_code == 200
+        assert (await c.get("/metrics", headers=bearer(TOKEN))).status_code == 404
+    async with client_for(metrics) as c:
+        assert (await c.get("/healthz")).status_code == 404
+        assert (await c.get("/metrics")).status_code == 401
+        assert (await c.get("/metrics", headers=bearer(TOKEN))).status_code == 200

@@ -258,7 +258,7 @@ def _register_optional() -> None:
     for command in (run, get, describe):
         cli.add_command(command)
     try:
-        from kexec.entrypoints.controller import controller
+        from kexec.entrypoints.cli_controller import controller
     except ImportError:
         return
     cli.add_command(controller)

@@ -15,12 +15,9 @@ import inspect
 import logging
 import os
 import signal
-import socket
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from kexec.adapters.kubernetes.wire import to_execution
@@ -35,7 +32,7 @@ from kexec.application.reconcile import ReconcileExecution
 from kexec.application.step import log_fields
 from kexec.domain.execution import GROUP, PLURAL, VERSION, Execution
 from kexec.domain.naming import CONTROLLER_NAMESPACE
-from kexec.entrypoints.cli_logging import configure_logging, log_context, logging_options
+from kexec.entrypoints.cli_logging import log_context
 from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
 from kexec.runtime.informer import Informer, object_key
 from kexec.runtime.metrics import make_registry
@@ -62,6 +59,8 @@ class ControllerConfig:
     identity: str = ""
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090  # == http_port on the same host: one server for both
     metrics_token_file: str = ""
     approval_timeout: int = 3600
     allow_self_approval: bool = False
@@ -284,9 +283,31 @@ class Controller:
             return None
         from kexec.runtime.http import make_app, metrics_auth, serve
 
-        auth = metrics_auth(api, token_file=self.cfg.metrics_token_file or None)
-        app = make_app(self.registry, self.ready, auth)
-        return await serve(app, self.cfg.http_host, self.cfg.http_port)
+        cfg = self.cfg
+        auth = metrics_auth(api, token_file=cfg.metrics_token_file or None)
+        if (cfg.metrics_host, cfg.metrics_port) == (cfg.http_host, cfg.http_port):
+            return await serve(make_app(self.registry, self.ready, auth),
+                               cfg.http_host, cfg.http_port)
+        probes = await serve(make_app(self.registry, self.ready, auth, metrics=False),
+                             cfg.http_host, cfg.http_port)
+        if not cfg.metrics_port:
+            return probes
+        try:
+            metrics = await serve(make_app(self.registry, self.ready, auth, probes=False),
+                                  cfg.metrics_host, cfg.metrics_port)
+        except OSError:
+            await probes.stop()
+            raise
+        return _Servers((probes, metrics))
+
+
+@dataclass
+class _Servers:
+    handles: tuple[Any, ...]
+
+    async def stop(self) -> None:
+        for handle in self.handles:
+            await handle.stop()
 
 
 def _older(cached: Any, written: str | None) -> bool:
@@ -334,54 +355,3 @@ async def run_controller(cfg: ControllerConfig) -> None:
             log.info("memory: traced now/peak %s", tracemalloc.get_traced_memory())
             for stat in tracemalloc.take_snapshot().statistics("lineno")[:15]:
                 log.info("memory: %s", stat)
-
-
-@click.command()
-@click.option("--kubeconfig", envvar="KUBECONFIG", default=None,
-              help="kubeconfig path; in a pod the in-cluster config is used")
-@click.option("--namespace", envvar="KEXEC_NAMESPACE", default=CONTROLLER_NAMESPACE,
-              show_default=True, help="the controller's own (trusted) namespace")
-@click.option("--trusted-namespaces", envvar="KEXEC_TRUSTED_NAMESPACES",
-              default=CONTROLLER_NAMESPACE, show_default=True,
-              help="comma-separated namespaces whose executions may act elsewhere")
-@click.option("--workers", envvar="KEXEC_WORKERS", default=8, show_default=True, type=int)
-@click.option("--image", envvar="KEXEC_IMAGE", default="kexec:latest", show_default=True,
-              help="image of the Job pods (the runner)")
-@click.option("--audit-dsn", envvar="KEXEC_AUDIT_DSN", required=True,
-              help="PostgreSQL DSN of the audit trail")
-@click.option("--policy-engine", envvar="KEXEC_POLICY_ENGINE", default="embedded",
-              type=click.Choice(["embedded", "opa"]), show_default=True)
-@click.option("--opa-url", envvar="KEXEC_OPA_URL", default="http://127.0.0.1:8181")
-@click.option("--policy-dir", envvar="KEXEC_POLICY_DIR", default="",
-              help="Rego policies (default: the ones shipped in the package)")
-@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True)
-@click.option("--identity", envvar="KEXEC_POD_NAME", default="",
-              help="this replica's name in the Lease and the audit trail")
-@click.option("--http-addr", envvar="KEXEC_HTTP_ADDR", default="0.0.0.0:8080",
-              show_default=True, help="health probes and /metrics")
-@click.option("--metrics-token-file", envvar="KEXEC_METRICS_TOKEN_FILE", default="",
-              help="static bearer token for /metrics (else TokenReview + SubjectAccessReview)")
-@click.option("--approval-timeout", default=3600, show_default=True, type=int,
-              help="seconds an execution may wait for approval")
-@click.option("--allow-self-approval", envvar="KEXEC_ALLOW_SELF_APPROVAL", is_flag=True,
-              help="let a requester approve their own execution (default: a second person)")
-@click.option("-v", "--verbose", is_flag=True, help="same as --log-level debug")
-@logging_options
-def controller(kubeconfig: str | None, namespace: str, trusted_namespaces: str, workers: int,
-               image: str, audit_dsn: str, policy_engine: str, opa_url: str, policy_dir: str,
-               leader_elect: bool, identity: str, http_addr: str, metrics_token_file: str,
-               approval_timeout: int, allow_self_approval: bool, verbose: bool, log_format: str,
-               log_level: str) -> None:
-    """Run the controller (watch executions, reconcile them, one Job per attempt)."""
-    configure_logging(log_format, "debug" if verbose else log_level)
-    host, _, port = http_addr.rpartition(":")
-    cfg = ControllerConfig(
-        kubeconfig=kubeconfig, namespace=namespace, trusted_namespaces=trusted_namespaces,
-        workers=workers, image=image, audit_dsn=audit_dsn, policy_engine=policy_engine,
-        opa_url=opa_url, policy_dir=policy_dir, leader_elect=leader_elect,
-        identity=identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
-        http_host=host or "0.0.0.0", http_port=int(port or 0),
-        metrics_token_file=metrics_token_file, approval_timeout=approval_timeout,
-        allow_self_approval=allow_self_approval,
-    )
-    asyncio.run(run_controller(cfg))

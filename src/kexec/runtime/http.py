@@ -222,9 +222,12 @@ async def _readiness(is_ready: ReadyCheck) -> tuple[bool, dict[str, Any]]:
     return bool(result), {}
 
 
-def make_app(registry: CollectorRegistry, is_ready: ReadyCheck, auth: MetricsAuth) -> Starlette:
+def make_app(registry: CollectorRegistry, is_ready: ReadyCheck, auth: MetricsAuth, *,
+             probes: bool = True, metrics: bool = True) -> Starlette:
     """The ASGI app. ``is_ready()`` returns ``bool``, ``(bool, details)`` or a mapping
-    with a ``ready`` key (sync or async); its details appear in the /readyz body."""
+    with a ``ready`` key (sync or async); its details appear in the /readyz body.
+    ``probes``/``metrics`` select the routes, so probes (8080) and metrics (9090) can
+    listen on separate ports."""
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
@@ -237,7 +240,7 @@ def make_app(registry: CollectorRegistry, is_ready: ReadyCheck, auth: MetricsAut
             ok, details = False, {"error": str(e)}
         return JSONResponse({"ready": ok, **details}, status_code=200 if ok else 503)
 
-    async def metrics(request: Request) -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
         result = await auth.check(_bearer_token(request))
         if result.decision is Decision.UNAUTHENTICATED:
             return PlainTextResponse("Unauthorized\n", status_code=401,
@@ -252,11 +255,13 @@ def make_app(registry: CollectorRegistry, is_ready: ReadyCheck, auth: MetricsAut
         )
         return Response(body, media_type=content_type)
 
-    return Starlette(routes=[
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ])
+    routes = []
+    if probes:
+        routes += [Route("/healthz", healthz, methods=["GET"]),
+                   Route("/readyz", readyz, methods=["GET"])]
+    if metrics:
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    return Starlette(routes=routes)
 
 
 # --------------------------------------------------------------------------- server

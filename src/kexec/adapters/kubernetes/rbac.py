@@ -2,7 +2,7 @@
 
 Two identities matter:
 
-* the controller (ServiceAccount ``kexec-controller`` in ``kubernaut-system``): watches
+* the controller (ServiceAccount ``kubernetes-executor-sa`` in ``kubernaut-system``): watches
   executions, writes their status, creates Jobs, and *prepares* each run. It never
   holds the power of the actions itself: it may only ``bind`` the per-action
   ClusterRoles (by name) and ``impersonate`` the per-action ServiceAccounts (by name)
@@ -24,6 +24,7 @@ from kexec.domain.naming import CONTROLLER_NAMESPACE, cluster_role_for, service_
 from kexec.domain.resources import Rule
 
 CONTROLLER_NAME = "kexec-controller"
+CONTROLLER_SERVICE_ACCOUNT = "kubernetes-executor-sa"  # the name the design gives it
 RBAC_API = "rbac.authorization.k8s.io/v1"
 PART_OF = {"app.kubernetes.io/part-of": "kexec"}
 
@@ -146,7 +147,7 @@ def controller_role() -> dict[str, Any]:
 
 
 def _subjects() -> list[dict[str, str]]:
-    return [{"kind": "ServiceAccount", "name": CONTROLLER_NAME, "namespace": CONTROLLER_NAMESPACE}]
+    return [{"kind": "ServiceAccount", "name": CONTROLLER_SERVICE_ACCOUNT, "namespace": CONTROLLER_NAMESPACE}]
 
 
 def controller_cluster_role_binding() -> dict[str, Any]:
@@ -245,6 +246,7 @@ def controller_rbac() -> list[dict[str, Any]]:
 __all__ = [
     "CONTROLLER_NAME",
     "CONTROLLER_NAMESPACE",
+    "CONTROLLER_SERVICE_ACCOUNT",
     "action_cluster_role",
     "action_cluster_roles",
     "action_role_name",
