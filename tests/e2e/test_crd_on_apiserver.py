@@ -33,8 +33,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from devstack.controlplane import ControlPlane
 from kexec.adapters.kubernetes.crd import CRD_NAME, PRINTER_COLUMNS
 from kexec.adapters.kubernetes.rbac import (
-    CONTROLLER_NAME,
     CONTROLLER_NAMESPACE,
+    CONTROLLER_SERVICE_ACCOUNT,
     action_role_name,
     action_service_account,
 )
@@ -539,7 +539,7 @@ async def test_whole_kustomization_server_side_dry_run(
     assert "PodSecurity" in probe.stderr, (probe.stdout, probe.stderr)
 
 
-CONTROLLER_USER = f"system:serviceaccount:{CONTROLLER_NAMESPACE}:{CONTROLLER_NAME}"
+CONTROLLER_USER = f"system:serviceaccount:{CONTROLLER_NAMESPACE}:{CONTROLLER_SERVICE_ACCOUNT}"
 
 
 async def can(
@@ -593,7 +593,7 @@ async def test_subject_access_reviews(api: ApiClient, rbac: list[dict[str, Any]]
     )
     assert not await can(api, "impersonate", "serviceaccounts", name="default", namespace="demo")
     assert not await can(
-        api, "impersonate", "serviceaccounts", name=CONTROLLER_NAME, namespace=CONTROLLER_NAMESPACE
+        api, "impersonate", "serviceaccounts", name=CONTROLLER_SERVICE_ACCOUNT, namespace=CONTROLLER_NAMESPACE
     )
     assert not await can(api, "impersonate", "users", name="system:admin")
     assert not await can(api, "impersonate", "groups", name="system:masters")
@@ -624,7 +624,7 @@ async def controller_api(
     out = await call(
         api,
         "POST",
-        f"/api/v1/namespaces/{CONTROLLER_NAMESPACE}/serviceaccounts/{CONTROLLER_NAME}/token",
+        f"/api/v1/namespaces/{CONTROLLER_NAMESPACE}/serviceaccounts/{CONTROLLER_SERVICE_ACCOUNT}/token",
         req,
     )
     cfg = Configuration(host=control_plane.server)
