@@ -14,7 +14,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kexec.application.ports.audit import AuditUnavailable, ExecutionRecord, TransitionRecord
+from kexec.application.ports.audit import (
+    AuditUnavailable,
+    ExecutionRecord,
+    TransitionRecord,
+    transitions_by_seq,
+)
 
 
 @dataclass
@@ -53,13 +58,9 @@ class InMemoryAudit:
         self, execution: ExecutionRecord, transitions: Sequence[TransitionRecord]
     ) -> None:
         uid = execution.execution_uid
-        for t in transitions:
-            if t.execution_uid != uid:
-                raise ValueError(
-                    f"transition of {t.execution_uid!r} recorded with execution {uid!r}"
-                )
+        by_seq = transitions_by_seq(execution, transitions)
         await self._reach()
-        last_seq = max((t.seq for t in transitions), default=-1)
+        last_seq = max(by_seq, default=-1)
         row = self._rows.get(uid)
         if row is None:
             self._rows[uid] = _Row(execution, last_seq)
@@ -71,7 +72,7 @@ class InMemoryAudit:
         events = self._events.setdefault(uid, {})
         # Within one call the last of a duplicated seq is the one stored (as in PostgreSQL);
         # a seq already stored is never rewritten.
-        for seq, t in {t.seq: t for t in transitions}.items():
+        for seq, t in by_seq.items():
             events.setdefault(seq, t)
         self.writes += 1
 

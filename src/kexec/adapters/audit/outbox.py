@@ -26,6 +26,7 @@ from kexec.application.ports.audit import (
     AuditUnavailable,
     ExecutionRecord,
     TransitionRecord,
+    transitions_by_seq,
 )
 from kexec.runtime.backoff import Backoff, poll
 
@@ -145,13 +146,7 @@ class OutboxAudit:
         self, execution: ExecutionRecord, transitions: Sequence[TransitionRecord]
     ) -> None:
         uid = execution.execution_uid
-        by_seq: dict[int, TransitionRecord] = {}
-        for t in transitions:
-            if t.execution_uid != uid:
-                raise ValueError(
-                    f"transition of {t.execution_uid!r} recorded with execution {uid!r}"
-                )
-            by_seq[t.seq] = t
+        by_seq = transitions_by_seq(execution, transitions)
         top = by_seq[max(by_seq)] if by_seq else None
         seq = top.seq if top else -1
 

@@ -62,6 +62,20 @@ class ExecutionRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def transitions_by_seq(
+    execution: ExecutionRecord, transitions: Sequence[TransitionRecord]
+) -> dict[int, TransitionRecord]:
+    """One record() call's transitions keyed by seq (the last of a duplicated seq wins, as
+    in PostgreSQL). A transition of another execution is the caller's bug: ValueError."""
+    uid = execution.execution_uid
+    by_seq: dict[int, TransitionRecord] = {}
+    for t in transitions:
+        if t.execution_uid != uid:
+            raise ValueError(f"transition of {t.execution_uid!r} recorded with execution {uid!r}")
+        by_seq[t.seq] = t
+    return by_seq
+
+
 class AuditPort(Protocol):
     """Append-only audit trail. Every write is idempotent.
 

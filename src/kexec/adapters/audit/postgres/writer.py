@@ -21,7 +21,12 @@ from kexec.adapters.audit.postgres.migrations import (
 )
 from kexec.adapters.audit.postgres.pool import DEFAULT_COMMAND_TIMEOUT, Conn, log, run, utc
 from kexec.adapters.audit.postgres.queries import AuditQueries
-from kexec.application.ports.audit import AuditUnavailable, ExecutionRecord, TransitionRecord
+from kexec.application.ports.audit import (
+    AuditUnavailable,
+    ExecutionRecord,
+    TransitionRecord,
+    transitions_by_seq,
+)
 
 _N = len(EXECUTION_COLUMNS)
 # created_at (the object's creationTimestamp) is never changed once written.
@@ -97,14 +102,7 @@ class PostgresAudit(AuditQueries):
         row's ``last_seq``; a call without transitions creates the row if absent and
         never overwrites one.
         """
-        uid = execution.execution_uid
-        by_seq: dict[int, TransitionRecord] = {}
-        for t in transitions:
-            if t.execution_uid != uid:
-                raise ValueError(
-                    f"transition of {t.execution_uid!r} recorded with execution {uid!r}"
-                )
-            by_seq[t.seq] = t
+        by_seq = transitions_by_seq(execution, transitions)
         ordered = [by_seq[s] for s in sorted(by_seq)]
         last_seq = ordered[-1].seq if ordered else -1
         e = execution
