@@ -24,6 +24,7 @@ from kexec.adapters.fakes.objects import (
     _unapply,
     json_patch,
     merge_patch,
+    rbac_allows,
     strategic_merge_patch,
 )
 from kexec.application.ports.clock import Clock
@@ -351,13 +352,9 @@ class FakeApi:
             return  # the admin / controller credential
         info = KINDS[kind]
         resource = info.plural + (f"/{subresource}" if subresource else "")
-        for scope, rule in self.grants.get(identity.username, []):
-            if scope and scope != namespace:
-                continue
-            if (info.group in rule.api_groups and resource in rule.resources
-                    and verb in rule.verbs
-                    and (not rule.resource_names or name in rule.resource_names)):
-                return
+        if rbac_allows(self.grants.get(identity.username, []), info.group, resource, verb,
+                       namespace, name):
+            return
         where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
         raise Forbidden(f'User "{identity.username}" cannot {verb} resource "{resource}" '
                         f'in API group "{info.group}"{where}')

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from kexec.adapters.fakes.api import FakeApi, FakeJob
+from kexec.adapters.fakes.objects import rbac_allows
 from kexec.adapters.kubernetes.wire import status_from_wire, status_to_wire
 from kexec.application.ports.cluster import (
     AlreadyExists,
@@ -84,14 +85,10 @@ class FakeCluster(FakeApi):
                              permission: Permission) -> bool:
         if self.user_rules is None:
             return True
-        for scope, rule in self.user_rules.get(user, []):
-            resource = permission.resource + (
-                f"/{permission.subresource}" if permission.subresource else "")
-            if ((not scope or scope == permission.namespace)
-                    and permission.group in rule.api_groups and resource in rule.resources
-                    and permission.verb in rule.verbs):
-                return True
-        return False
+        p = permission
+        resource = p.resource + (f"/{p.subresource}" if p.subresource else "")
+        return rbac_allows(self.user_rules.get(user, []), p.group, resource, p.verb,
+                           p.namespace, p.name)
 
     async def admission_installed(self) -> str:
         return self.admission_missing

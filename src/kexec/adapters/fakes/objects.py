@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import jsonpointer
 from kexec.application.ports.cluster import (
     Invalid,
 )
+from kexec.domain.resources import Rule
 
 Key = tuple[str, str, str]
 STATUS_KINDS = frozenset({"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Pod", "Node",
@@ -159,3 +161,12 @@ class _Counter:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
 
 
+
+
+def rbac_allows(grants: Iterable[tuple[str, Rule]], group: str, resource: str, verb: str,
+                namespace: str, name: str) -> bool:
+    """RBAC as the authorizer judges it: a grant scoped to "" is cluster-wide."""
+    return any((not scope or scope == namespace) and group in rule.api_groups
+               and resource in rule.resources and verb in rule.verbs
+               and (not rule.resource_names or name in rule.resource_names)
+               for scope, rule in grants)

@@ -35,29 +35,25 @@ CONTENT_TYPES = {
 }
 
 
+def _resource_path(base: str, namespace: str, plural: str, name: str, subresource: str) -> str:
+    path = f"{base}/namespaces/{namespace}" if namespace else base
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
 def path_for(kind: str, namespace: str = "", name: str = "", subresource: str = "") -> str:
     info = KINDS[kind]
     base = f"/apis/{info.group}/{info.version}" if info.group else f"/api/{info.version}"
-    if info.namespaced and namespace:
-        base += f"/namespaces/{namespace}"
-    base += f"/{info.plural}"
-    if name:
-        base += f"/{name}"
-    if subresource:
-        base += f"/{subresource}"
-    return base
+    return _resource_path(base, namespace if info.namespaced else "", info.plural, name,
+                          subresource)
 
 
 def execution_path(namespace: str = "", name: str = "", subresource: str = "") -> str:
-    base = f"/apis/{GROUP}/{VERSION}"
-    if namespace:
-        base += f"/namespaces/{namespace}"
-    base += f"/{PLURAL}"
-    if name:
-        base += f"/{name}"
-    if subresource:
-        base += f"/{subresource}"
-    return base
+    return _resource_path(f"/apis/{GROUP}/{VERSION}", namespace, PLURAL, name, subresource)
 
 
 @dataclass(frozen=True)
