@@ -30,7 +30,7 @@ from kexec.domain.safety import (
     requester_permissions,
     secret_values,
 )
-from kexec.domain.spec import parse_spec
+from kexec.domain.spec import ExecutionSpec, parse_spec
 from kexec.domain.status import DryRunResult
 
 
@@ -42,7 +42,7 @@ class ValidationStep(StepBase):
             return await self._hold(ex, "Paused", "the global kill switch pauses new executions",
                                     self.settings.requeue_paused_seconds)
         try:
-            _, action, params = parse_spec(ex.spec)
+            spec, action, params = parse_spec(ex.spec)
         except ValidationError as exc:
             new.reject("Validated", exc.reason, str(exc), now)
             return await self._commit(ex, new)
@@ -58,7 +58,7 @@ class ValidationStep(StepBase):
         new.record_requester(ex.requester)
         trusted = ex.namespace in self.settings.trusted
         try:
-            check_target_cluster(parse_spec(ex.spec)[0])
+            check_target_cluster(spec)
             check_namespace(ex.namespace, action, action.target(params), self.settings.trusted)
         except SafetyViolation as exc:
             new.reject("Validated", exc.reason, exc.message, now)
@@ -112,7 +112,7 @@ class ValidationStep(StepBase):
             new.reject("Validated", reason, msg, now)
             return await self._commit(ex, new)
 
-        decision = await self._decide(ex, action, params, snap, others, now)
+        decision = await self._decide(ex, spec, action, params, snap, now)
         if isinstance(decision, str):
             new.policy_unavailable(decision, now)
             return await self._hold(ex, new.status.reason, new.status.message,
@@ -140,10 +140,9 @@ class ValidationStep(StepBase):
                       requires_approval=decision.requires_approval, now=now)
         return await self._commit(ex, new)
 
-    async def _decide(self, ex: Execution, action: Action[Any], params: Any, snap: Snapshot,
-                      others: list[Execution], now: Any) -> PolicyDecision | str:
+    async def _decide(self, ex: Execution, spec: ExecutionSpec, action: Action[Any], params: Any,
+                      snap: Snapshot, now: Any) -> PolicyDecision | str:
         """The policy's decision, or why the engine could not give one."""
-        spec = parse_spec(ex.spec)[0]
         facts = await self.cluster.cluster_facts(action.target(params).namespace)
         doc = build_policy_input(ex, spec, action, params, snap, facts,
                                  self.limits.active_by_namespace(ex.uid), now,
