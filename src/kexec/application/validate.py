@@ -7,11 +7,14 @@ makes is the per-action binding (removed again unless the execution goes on).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+from kexec.application.brake import Release, read_releases, record_release
 from kexec.application.limits import QUEUED
 from kexec.application.policy_input import build_policy_input
+from kexec.application.ports.audit import AuditUnavailable
 from kexec.application.ports.cluster import ClusterError, TooManyRequests
 from kexec.application.ports.policy import PolicyUnavailable
 from kexec.application.snapshot import read_snapshot, snapshot_objects
@@ -32,6 +35,8 @@ from kexec.domain.safety import (
 )
 from kexec.domain.spec import ExecutionSpec, parse_spec
 from kexec.domain.status import DryRunResult
+
+log = logging.getLogger("kexec.application.validate")
 
 
 class ValidationStep(StepBase):
@@ -75,13 +80,30 @@ class ValidationStep(StepBase):
             return await self._hold(ex, "TargetBusy",
                                     f"waiting for {busy} which acts on the same target",
                                     self.settings.requeue_busy_seconds, new=new)
+        cooldown = self.brake.cooldown(ex, others, now)
+        if cooldown is not None:
+            return await self._hold(ex, cooldown.reason, cooldown.message,
+                                    cooldown.requeue_seconds, new=new)
         if not self.limits.ready:
             self.limits.rebuild(others)  # before admitting anything in this term
         nodes = await self._schedulable_nodes(action)
+        braked = self.brake.check(ex, others, now, None)
+        if braked is not None:  # tripped: has an operator released it?
+            release = (await self._brake_releases(now)).get(action.name)
+            braked = self.brake.check(ex, others, now, release) if release else braked
+        if braked is not None:
+            self.limits.wait(ex, f"brake/{action.name}")
+            new.storm_braked(braked.message, now)
+            return await self._hold(ex, braked.reason, braked.message, braked.requeue_seconds,
+                                    new=new)
+        # From the brake check to here nothing awaits: a burst cannot overtake the count.
         queued = self.limits.admit(ex, others, nodes, reserve=True)
         if queued is not None:
             return await self._hold(ex, QUEUED, queued, self.limits.settings.recheck_seconds,
                                     new=new)
+        self.brake.started(ex, now)
+        if new.storm_brake_cleared(now):
+            self.limits.on_free(ex)  # the next ones waiting for this brake look again
         if not trusted:
             # No privilege escalation: kexec does for a requester only what they may do.
             denied = [str(p) for p in requester_permissions(action, params)
@@ -139,6 +161,29 @@ class ValidationStep(StepBase):
                       before=redact(action.summarize(snap.get("target")), secrets),
                       requires_approval=decision.requires_approval, now=now)
         return await self._commit(ex, new)
+
+    async def _brake_releases(self, now: Any) -> dict[str, Release]:
+        """The operator's releases (read at most every few seconds); each one seen is
+        recorded in the audit trail once."""
+        releases = self.brake.cached_releases(now)
+        if releases is not None:
+            return releases
+        try:
+            releases = await read_releases(self.cluster, self.settings.controller_namespace)
+        except ClusterError as exc:  # the brake stays engaged: fail safe
+            log.warning("storm brake releases unreadable: %s", exc)
+            releases = {}
+        self.brake.remember_releases(now, releases)
+        for release in releases.values():
+            if self.brake.unrecorded(release):
+                try:
+                    await record_release(self.audit, release,
+                                         self.settings.controller_namespace,
+                                         self.settings.controller_id)
+                    self.brake.recorded(release)
+                except AuditUnavailable as exc:
+                    log.warning("audit of %s not confirmed: %s", release.audit_uid, exc)
+        return releases
 
     async def _decide(self, ex: Execution, spec: ExecutionSpec, action: Action[Any], params: Any,
                       snap: Snapshot, now: Any) -> PolicyDecision | str:
