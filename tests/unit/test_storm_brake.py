@@ -215,3 +215,36 @@ def test_the_brake_gauge_and_trips_counter() -> None:
     text = generate_latest(registry).decode()
     assert 'kexec_storm_brake_engaged{action="drain_node"} 1.0' in text
     assert 'kexec_storm_brake_trips_total{action="drain_node"} 2.0' in text
+
+
+async def test_a_policy_deferral_queues_the_execution_and_it_is_asked_again() -> None:
+    from kexec.domain.policy import PolicyDecision
+
+    w, _ = braked_world(storm_executions=5, deferred_recheck_seconds=45)
+    w.policy.set_decision(PolicyDecision(
+        allowed=True, defer=("maintenance window db-upgrade is in effect",)))
+    await w.create("scale_deployment", {"namespace": NS, "deployment": "web", "replicas": 3})
+    result = await w.step()
+    ex = await w.get()
+    assert (ex.phase, ex.status.reason) == (Phase.PENDING, "Deferred")
+    assert ex.status.message == "deferred by the policy: maintenance window db-upgrade is " \
+                                "in effect"
+    assert result.requeue_after == 45
+    assert (f"{NS}/ex", "Normal", "Deferred") in [e[:3] for e in w.cluster.events]
+    # It did not start: it holds no slot and the brake does not count it.
+    assert not w.reconcile.limits.holds(ex)
+    assert w.reconcile.brake.check(ex, [], w.clock.now(), None) is None
+    assert await w.cluster.identity_grants() == []
+    # The window ends: asked again, it goes on.
+    w.policy.set_decision(PolicyDecision(allowed=True))
+    w.clock.advance(45)
+    assert (await w.drive()).phase is Phase.COMPLETED
+
+
+def test_the_decision_document_carries_defer_reasons() -> None:
+    from kexec.domain.policy import PolicyDecision
+
+    doc = {"allow": True, "requires_approval": False, "violations": [],
+           "defer": ["b window", "a window"]}
+    assert PolicyDecision.from_document(doc, "x").defer == ("a window", "b window")
+    assert PolicyDecision.from_document({"allow": True}, "x").defer == ()

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from kexec.application.brake import Release, read_releases, record_release
-from kexec.application.limits import QUEUED
+from kexec.application.limits import DEFERRED, QUEUED
 from kexec.application.policy_input import build_policy_input
 from kexec.application.ports.audit import AuditUnavailable
 from kexec.application.ports.cluster import ClusterError, TooManyRequests
@@ -140,6 +140,15 @@ class ValidationStep(StepBase):
             return await self._hold(ex, new.status.reason, new.status.message,
                                     self.settings.requeue_policy_unavailable_seconds, new=new,
                                     phase=Phase.VALIDATING)
+        if decision.allowed and decision.defer:
+            # Not now (a maintenance window): wait in Pending, ask the policy again later;
+            # it did not start (its slots and its place in the brake's count go back).
+            self.brake.forget(ex)
+            result = await self._hold(ex, DEFERRED, "deferred by the policy: "
+                                      + "; ".join(decision.defer),
+                                      self.limits.settings.deferred_recheck_seconds, new=new)
+            self.limits.on_free(ex)  # the slots it had taken for a moment
+            return result
         rules = ", ".join(sorted({v.rule for v in decision.violations})) or "policy"
         detail = "; ".join(f"{v.rule}: {v.message}" for v in decision.violations)
         new.policy_decided(decision.to_status(), decision.allowed,
