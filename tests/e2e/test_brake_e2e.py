@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +33,37 @@ def _policy_loaded_since(kexec: Kexec, since: datetime) -> bool:
                >= since for e in events)
 
 
-@pytest.fixture(scope="module")
-def brake_on(kexec: Kexec) -> Iterator[Kexec]:
+def brake_data() -> dict[str, Any]:
     """The brake on for scale_deployment (20 per window), a short cooldown for
-    update_configmap; the operator may release brakes (Role kexec-brake-releaser only)."""
+    update_configmap, deferred executions asked again every 2 s."""
     data: dict[str, Any] = dev_policy_data()
     data["kexec"]["limits"]["storm_brake"] = {
         "window_seconds": 600, "recheck_seconds": 2,
         "per_action": {"scale_deployment": {"executions_per_window": STORM}}}
     data["kexec"]["limits"]["cooldown"] = {"per_action": {"update_configmap": 8}}
+    data["kexec"]["limits"]["deferred_recheck_seconds"] = 2
+    return data
+
+
+def use_policy_data(kexec: Kexec, data: dict[str, Any]) -> None:
+    since = datetime.now(UTC).replace(microsecond=0)
+    kexec.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "safety-policies", "namespace": NS_CTRL},
+                 "data": {"data.json": json.dumps(data)}})
+    kexec.until(lambda: _policy_loaded_since(kexec, since), 30, "the policy reload")
+
+
+@pytest.fixture(scope="module")
+def brake_on(kexec: Kexec) -> Iterator[Kexec]:
+    """``brake_data`` active; the operator may release brakes (Role kexec-brake-releaser
+    only)."""
     kexec.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                  "metadata": {"name": "e2e-brake-releaser", "namespace": NS_CTRL},
                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                              "name": "kexec-brake-releaser"},
                  "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                                "name": OPERATOR}]})
-    since = datetime.now(UTC).replace(microsecond=0)
-    kexec.apply({"apiVersion": "v1", "kind": "ConfigMap",
-                 "metadata": {"name": "safety-policies", "namespace": NS_CTRL},
-                 "data": {"data.json": json.dumps(data)}})
-    kexec.until(lambda: _policy_loaded_since(kexec, since), 30, "the policy reload")
+    use_policy_data(kexec, brake_data())
     try:
         yield kexec
     finally:
@@ -162,3 +173,29 @@ def test_a_target_remediated_a_moment_ago_waits_out_the_cooldown(brake_on: Kexec
     assert kexec.api("GET", f"/api/v1/namespaces/{ns}/configmaps/cfg")["data"] == {"a": "3"}
     print(f"cooldown 8s: the second started {(started - done).total_seconds():.0f}s after "
           "the first completed")
+
+
+def test_a_maintenance_window_defers_until_it_is_over(brake_on: Kexec) -> None:
+    kexec = brake_on
+    ns = fresh_ns(kexec, "deferred")
+    kexec.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "cfg", "namespace": ns}, "data": {"a": "1"}})
+    now = datetime.now(UTC)
+    data = brake_data()
+    data["kexec"]["config"]["maintenance_windows"] = [{
+        "name": "db-upgrade", "start": iso(now - timedelta(hours=1)),
+        "end": iso(now + timedelta(hours=1))}]
+    use_policy_data(kexec, data)
+    try:
+        name = kexec.create(ns, "update_configmap", {"namespace": ns, "configMap": "cfg",
+                                                     "data": {"a": "2"}})
+        kexec.until(lambda: status(kexec, ns, name).get("reason") == "Deferred", 30,
+                    "the deferral")
+        st = status(kexec, ns, name)
+        assert st["phase"] == "Pending", st
+        assert st["message"] == "deferred by the policy: maintenance window db-upgrade is in effect"
+        assert kexec.jobs_for(ns, name) == []
+    finally:
+        use_policy_data(kexec, brake_data())  # the window is over
+    obj = kexec.wait(ns, name, timeout=60)
+    assert obj["status"]["phase"] == "Completed", obj["status"]

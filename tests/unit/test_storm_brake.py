@@ -54,6 +54,8 @@ async def test_more_than_n_executions_in_the_window_trip_the_brake_until_it_pass
     assert cond is not None and cond.status == "True"
     assert (f"{NS}/s3", "Warning", "StormBrake") in [e[:3] for e in w.cluster.events]
     assert metrics.named("storm_brake") == [("scale_deployment", True)]
+    held = [a for a in metrics.named("transition") if a[2] == "StormBrake"]
+    assert held == [("scale_deployment", "Pending", "StormBrake")] * 2  # for the alert
     assert w.reconcile.limits.queued_by_limit()["brake"] == 2
     # Nothing holds it but time: the head looks again when the oldest start leaves the
     # window (not sooner than its recheck), the second is woken by the head.

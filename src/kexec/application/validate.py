@@ -94,6 +94,9 @@ class ValidationStep(StepBase):
         if braked is not None:
             self.limits.wait(ex, f"brake/{action.name}")
             new.storm_braked(braked.message, now)
+            if ex.status.reason != braked.reason:  # once per execution held (the alert
+                # KexecStormBrakeTripped counts kexec_phase_transitions{reason="StormBrake"})
+                self.metrics.transition(action.name, Phase.PENDING.value, braked.reason)
             return await self._hold(ex, braked.reason, braked.message, braked.requeue_seconds,
                                     new=new)
         # From the brake check to here nothing awaits: a burst cannot overtake the count.
