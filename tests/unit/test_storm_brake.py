@@ -250,3 +250,20 @@ def test_the_decision_document_carries_defer_reasons() -> None:
            "defer": ["b window", "a window"]}
     assert PolicyDecision.from_document(doc, "x").defer == ("a window", "b window")
     assert PolicyDecision.from_document({"allow": True}, "x").defer == ()
+
+
+async def test_released_into_a_full_limit_it_queues_and_the_next_one_looks_again() -> None:
+    w, _ = braked_world(storm_executions=2, per_namespace=2)
+    names = [await scale(w, i) for i in range(4)]
+    for name in names:
+        await w.step(name)
+    assert [(await w.get(n)).status.reason for n in names[2:]] == ["StormBrake"] * 2
+    woken: list[str] = []
+    w.reconcile.limits.on_free = lambda ex: woken.extend(w.reconcile.limits.behind(ex))
+    w.clock.advance(601)  # the window passes; the two first still hold both slots
+    await w.step("s2")
+    head = await w.get("s2")
+    assert (head.phase, head.status.reason) == (Phase.PENDING, "Queued")
+    cond = head.status.condition("StormBrake")
+    assert cond is not None and cond.status == "False"
+    assert f"{NS}/s3" in woken

@@ -99,14 +99,17 @@ class ValidationStep(StepBase):
                 self.metrics.transition(action.name, Phase.PENDING.value, braked.reason)
             return await self._hold(ex, braked.reason, braked.message, braked.requeue_seconds,
                                     new=new)
+        # Out of the brake's queue (on, or into a limit's queue): the next ones look again.
+        cleared = new.storm_brake_cleared(now)
         # From the brake check to here nothing awaits: a burst cannot overtake the count.
         queued = self.limits.admit(ex, others, nodes, reserve=True)
+        if queued is None:
+            self.brake.started(ex, now)
+        if cleared:
+            self.limits.on_free(ex)
         if queued is not None:
             return await self._hold(ex, QUEUED, queued, self.limits.settings.recheck_seconds,
                                     new=new)
-        self.brake.started(ex, now)
-        if new.storm_brake_cleared(now):
-            self.limits.on_free(ex)  # the next ones waiting for this brake look again
         if not trusted:
             # No privilege escalation: kexec does for a requester only what they may do.
             denied = [str(p) for p in requester_permissions(action, params)
