@@ -267,3 +267,25 @@ async def test_released_into_a_full_limit_it_queues_and_the_next_one_looks_again
     cond = head.status.condition("StormBrake")
     assert cond is not None and cond.status == "False"
     assert f"{NS}/s3" in woken
+
+
+async def test_a_new_leader_counts_the_same_and_keeps_the_release() -> None:
+    w, metrics = braked_world(storm_executions=2)
+    names = [await scale(w, i) for i in range(4)]
+    for name in names[:3]:
+        await w.step(name)
+    assert (await w.get("s2")).status.reason == "StormBrake"
+    # Leader change: a fresh process with empty tables counts from the executions.
+    settings = w.reconcile.settings
+    w.reconcile = ReconcileExecution(w.cluster, w.policy, w.audit, w.clock, settings, metrics)
+    await w.reconcile.collect_garbage()
+    await w.step("s3")
+    assert (await w.get("s3")).status.reason == "StormBrake"
+    assert "position 2" in (await w.get("s3")).status.message
+    # A release made before the change is in the cluster: the new leader honours it.
+    await ReleaseBrake(w.cluster, TRUSTED)("scale_deployment", "alice", w.clock.now())
+    w.clock.advance(1)
+    w.reconcile = ReconcileExecution(w.cluster, w.policy, w.audit, w.clock, settings, metrics)
+    await w.step("s2")
+    await w.step("s3")
+    assert [(await w.get(n)).phase for n in ("s2", "s3")] == [Phase.PREPARING] * 2
