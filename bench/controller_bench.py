@@ -29,7 +29,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from devstack.controlplane import ControlPlane
-from devstack.harness import NS_CTRL, Kexec
+from devstack.harness import NS_CTRL, Kexec, dev_policy_data
 from devstack.postgres import PostgresServer
 from devstack.simulator import NodeSimulator
 from kexec.adapters.kubernetes.client import load_configuration
@@ -283,7 +283,7 @@ def main() -> int:
         k = Kexec(cp, pg.dsn)
         try:
             k.install()
-            data = json.loads((ROOT / "policies" / "data.json").read_text())
+            data = dev_policy_data()  # the shipped knobs, the storm brake and cooldown off
             data["kexec"]["config"]["max_concurrent_per_namespace"] = 100000
             k.apply({"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": {"name": "safety-policies", "namespace": NS_CTRL},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +28,24 @@ GROUP_PATH = "/apis/kubernetesexecution.kubernaut.io/v1alpha1"
 TERMINAL = ("Completed", "Failed", "RollbackReady")
 APPROVER = "alice"  # a second person with kexec-approver (the admin creates executions)
 
-__all__ = ["GROUP_PATH", "NS_CTRL", "TERMINAL", "Kexec", "free_port"]
+__all__ = ["GROUP_PATH", "NS_CTRL", "TERMINAL", "Kexec", "dev_policy_data", "free_port"]
+
+
+def dev_policy_data() -> dict[str, Any]:
+    """policies/data.json with the storm brake and the cooldown off: tests and the bench
+    create hundreds of executions of one action in minutes, often on one target (the
+    brake's own tests turn it on through the safety-policies ConfigMap)."""
+    data: dict[str, Any] = json.loads((ROOT / "policies" / "data.json").read_text())
+    data["kexec"]["limits"].update(storm_brake={}, cooldown={})
+    return data
+
+
+def dev_policy_dir(target: Path) -> Path:
+    """The shipped policies with ``dev_policy_data``, for the controllers the harness runs."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(ROOT / "policies", target, ignore=shutil.ignore_patterns("testdata"))
+    (target / "data.json").write_text(json.dumps(dev_policy_data(), indent=1))
+    return target
 
 
 class Kexec:
@@ -40,6 +58,7 @@ class Kexec:
         self.http_port = free_port()
         self.log_dir = Path(cp.log_dir or "/tmp")
         self.kubeconfig = self.log_dir.parent / "kexec-controller.kubeconfig"
+        self.policy_dir = dev_policy_dir(self.log_dir.parent / "policies-dev")
 
     # --- admin API ---------------------------------------------------------------------
     def api(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
@@ -156,7 +175,7 @@ class Kexec:
             str(Path(sys.executable).with_name("kexec")), "controller",
             "--kubeconfig", str(self.kubeconfig), "--namespace", NS_CTRL,
             "--trusted-namespaces", NS_CTRL, "--audit-dsn", self.dsn,
-            "--policy-dir", str(ROOT / "policies"), "--image", "kexec:e2e",
+            "--policy-dir", str(self.policy_dir), "--image", "kexec:e2e",
             "--http-addr", f"127.0.0.1:{self.http_port if http_port is None else http_port}",
             # probes and /metrics on one port, as the e2e tests read them
             "--metrics-addr", f"127.0.0.1:{self.http_port if http_port is None else http_port}",

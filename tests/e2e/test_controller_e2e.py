@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from devstack.harness import GROUP_PATH, NS_CTRL, Kexec, free_port
+from devstack.harness import GROUP_PATH, NS_CTRL, Kexec, dev_policy_data, free_port
 from tests.e2e.test_actions_e2e import fresh_ns, ready_deployment, run
 
 pytestmark = pytest.mark.cluster
@@ -42,7 +42,7 @@ def http(url: str, token: str | None = None) -> tuple[int, str]:
 def test_policy_configmap_hot_reload_and_broken_update(kexec: Kexec) -> None:
     ns = fresh_ns(kexec, "hotreload")
     ready_deployment(kexec, ns, "web", 1)
-    data = json.loads((ROOT / "policies" / "data.json").read_text())
+    data = dev_policy_data()  # the shipped knobs, the storm brake off (devstack)
     data["kexec"]["config"]["max_replicas"] = 2
     cm = {"apiVersion": "v1", "kind": "ConfigMap",
           "metadata": {"name": "safety-policies", "namespace": NS_CTRL},

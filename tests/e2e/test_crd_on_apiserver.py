@@ -115,6 +115,7 @@ def object_path(doc: dict[str, Any]) -> str:
         "Namespace": "namespaces",
         "ServiceAccount": "serviceaccounts",
         "CustomResourceDefinition": "customresourcedefinitions",
+        "ConfigMap": "configmaps",  # kexec-storm-brake (deploy/rbac/controller.yaml)
     }[kind]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     ns = f"/namespaces/{meta['namespace']}" if meta.get("namespace") else ""

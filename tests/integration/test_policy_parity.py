@@ -126,10 +126,11 @@ class Engines:
         a = compiled.decide(doc)
         b = await self.opa.decide(doc)
         assert (a.engine, b.engine) == ("embedded", "opa")
-        assert (a.allowed, a.requires_approval, a.violations) == (
+        assert (a.allowed, a.requires_approval, a.violations, a.defer) == (
             b.allowed,
             b.requires_approval,
             b.violations,
+            b.defer,
         ), f"{label}: decisions differ\n{json.dumps(doc)}"
         return embedded_doc
 
@@ -174,7 +175,9 @@ async def test_every_rego_test_fixture_decides_the_same_on_both_engines(engines:
                 "requires_approval": got["requires_approval"],
                 "violations": rules,
                 "approval_reasons": got["approval_reasons"],
+                **({"defer": got["defer"]} if "defer" in case["expect"] else {}),
             } == case["expect"], name
+            assert got["defer"] == case["expect"].get("defer", []), name
             checked += 1
     assert checked == len(cases) >= 80
 
@@ -193,7 +196,11 @@ CONFIGS: list[dict[str, Any]] = [
             {"name": "mwf", "weekdays": [0, 2, 4], "start_hour": 9, "end_hour": 17},
             {"name": "sat-night", "weekdays": [5], "start_hour": 22, "end_hour": 6},
             {"name": "mid-june", "start": "2025-06-10T00:00:00Z", "end": "2025-06-20T00:00:00+02:00"},
-        ]
+        ],
+        "maintenance_windows": [
+            {"name": "tue-thu", "weekdays": [1, 3], "start_hour": 8, "end_hour": 20},
+            {"name": "late-june", "start": "2025-06-20T00:00:00Z", "end": "2025-06-30T00:00:00Z"},
+        ],
     },
     {
         "business_hours": {"enabled": True, "weekdays": [0, 1, 2, 3], "start_hour": 7, "end_hour": 19},
@@ -409,10 +416,12 @@ async def test_generated_inputs_decide_the_same_on_both_engines(engines: Engines
             got = await engines.compare(doc, f"generated #{number} under config {index}")
             outcomes["allow" if got["allow"] else "deny"] += 1
             outcomes["approval"] += bool(got["requires_approval"])
+            outcomes["defer"] += bool(got["defer"])
             rules |= {v["rule"] for v in got["violations"]}
             actions.add(doc["execution"].get("action", ""))
     # The generator must actually exercise the policy, not just one path.
     assert sum(outcomes[k] for k in ("allow", "deny")) == GENERATED
     assert outcomes["allow"] >= 40 and outcomes["deny"] >= 40 and outcomes["approval"] >= 20, outcomes
+    assert outcomes["defer"] >= 5, outcomes
     assert set(ACTIONS) <= actions
     assert len(rules) >= 14, rules

@@ -6,7 +6,7 @@
 # Validation has two levels, because the embedded engine (rego-cpp) pays for
 # every expression on every decision (a full check costs ~1 ms there):
 #   - config_ok, on every decision, is structural only: data.kexec.config is
-#     an object with exactly the 21 knobs (a missing or partial data document
+#     an object with exactly the 22 knobs (a missing or partial data document
 #     denies every execution: violation invalid_config).
 #   - config_errors, the full check (types, ranges, lists of strings, freeze
 #     windows, business hours), is the gate when a policy set is loaded: the
@@ -36,6 +36,7 @@ _config_types := {
 	"approval_required_facts": "array",
 	"workload_kinds": "array",
 	"freeze_windows": "array",
+	"maintenance_windows": "array",
 	"freeze_exempt_facts": "array",
 	"business_hours": "object",
 	"manifest_allowed_kinds": "array",
@@ -48,7 +49,7 @@ _max_count := 1000000
 
 config_ok if {
 	is_object(config)
-	count(config) == 21
+	count(config) == 22
 }
 
 # --- validation -------------------------------------------------------------
@@ -167,6 +168,13 @@ config_errors contains msg if {
 	some i, w in config.freeze_windows
 	not _valid_window(w)
 	msg := sprintf("freeze_windows[%d] must be {name?, weekdays: [0-6], start_hour: 0-23, end_hour: 0-24} (start_hour != end_hour) or {name?, start: RFC3339, end: RFC3339} (start < end)", [i])
+}
+
+config_errors contains msg if {
+	is_array(config.maintenance_windows)
+	some i, w in config.maintenance_windows
+	not _valid_window(w)
+	msg := sprintf("maintenance_windows[%d] must be a window like those of freeze_windows", [i])
 }
 
 _valid_window_name(w) if not "name" in object.keys(w)

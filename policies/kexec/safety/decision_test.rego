@@ -22,6 +22,7 @@ _passes(name) if {
 	d.requires_approval == c.expect.requires_approval
 	sort({v.rule | some v in d.violations}) == c.expect.violations
 	d.approval_reasons == c.expect.approval_reasons
+	d.defer == object.get(c.expect, "defer", [])
 }
 
 # A named fixture test; prints the decision (shown by opa test on failure, or with -v).
@@ -82,6 +83,8 @@ _bad_configs := [
 	{"freeze_windows": [{"weekdays": [1], "start_hour": 3, "end_hour": 3}]},
 	{"freeze_windows": [{"weekdays": [1], "start_hour": 3, "end_hour": 4, "extra": 1}]},
 	{"freeze_windows": ["weekends"]},
+	{"maintenance_windows": [{"weekdays": [1], "start_hour": 3, "end_hour": 3}]},
+	{"maintenance_windows": "sundays"},
 	{"emergency_override_annotation": ""},
 	{"allow_bare_pod_deletion": "yes"},
 	{"unknown_knob": 1},
@@ -374,3 +377,11 @@ test_business_hours_non_destructive_allow if _check("business_hours_non_destruct
 test_business_hours_override_approval if _check("business_hours_override_approval")
 
 test_override_annotation_configured_approval if _check("override_annotation_configured_approval")
+
+# A maintenance window defers (never denies) and names itself; outside it nothing waits.
+test_maintenance_window_defers if {
+	d := _decide(data.testdata.cases.maintenance_window_defer)
+	d.allow == true
+	d.defer == ["maintenance window db-upgrade is in effect"]
+	d.violations == []
+}

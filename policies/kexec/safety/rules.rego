@@ -253,6 +253,30 @@ approval contains "emergency_override" if {
 	count(_time_violation) > 0
 }
 
+# --- deferral ---------------------------------------------------------------------
+
+# Inside a maintenance window an execution is not denied: it waits (Pending /
+# Deferred, the controller asks again later). The freeze_exempt_facts exempt
+# here too (putting a node back does not wait); the emergency override turns a
+# deferral into an approval requirement, as it does a freeze.
+_defer contains msg if {
+	not _freeze_exempt
+	some w in config.maintenance_windows
+	_valid_window(w)
+	in_window(w)
+	msg := sprintf("maintenance window %s is in effect", [_window_name(w)])
+}
+
+defer contains msg if {
+	not emergency_override
+	some msg in _defer
+}
+
+approval contains "emergency_override" if {
+	emergency_override
+	count(_defer) > 0
+}
+
 # --- approval ---------------------------------------------------------------------
 
 approval contains "production_destructive" if {

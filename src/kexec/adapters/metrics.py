@@ -71,6 +71,12 @@ class PrometheusMetrics:
         self.audit_writes = Counter(
             "kexec_audit_writes", "Audit writes from the steps, by result (confirmed, "
             "unconfirmed: buffered in the outbox and re-sent)", ["result"], registry=r)
+        self.brake_engaged = Gauge(
+            "kexec_storm_brake_engaged", "1 while the storm brake of an action holds its new "
+            "executions (Pending/StormBrake)", ["action"], registry=r)
+        self.brake_trips = Counter(
+            "kexec_storm_brake_trips", "Times the storm brake of an action engaged", ["action"],
+            registry=r)
 
     def transition(self, action: str, phase: str, reason: str) -> None:
         self.transitions.labels(phase, reason).inc()
@@ -100,6 +106,11 @@ class PrometheusMetrics:
 
     def audit_written(self, confirmed: bool) -> None:
         self.audit_writes.labels("confirmed" if confirmed else "unconfirmed").inc()
+
+    def storm_brake(self, action: str, engaged: bool) -> None:
+        self.brake_engaged.labels(action).set(1 if engaged else 0)
+        if engaged:
+            self.brake_trips.labels(action).inc()
 
 
 class ActiveExecutions(Collector):

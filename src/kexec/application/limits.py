@@ -31,8 +31,11 @@ from kexec.domain.phases import Phase
 HOLDS_SLOT = frozenset({Phase.WAITING_APPROVAL, Phase.PREPARING, Phase.EXECUTING,
                         Phase.VERIFYING})
 QUEUED = "Queued"
+STORM_BRAKE = "StormBrake"  # waits for the storm brake of its action (application/brake.py)
+COOLDOWN = "Cooldown"  # its target was remediated by the same action a moment ago
+DEFERRED = "Deferred"  # the policy deferred it (a maintenance window)
 # Waiting for something other than a slot: not counted as ahead in a queue.
-NOT_NEXT = frozenset({"TargetBusy", "Paused"})
+NOT_NEXT = frozenset({"TargetBusy", "Paused", STORM_BRAKE, COOLDOWN, DEFERRED})
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,20 @@ class LimitSettings:
     node_loss_fraction: float = 0.34
     # Safety net: a queued execution looks again after this long even without an event.
     recheck_seconds: float = 30.0
+    # The storm brake (application/brake.py), per action; 0 turns a rule off. A knob the
+    # data document does not state is off.
+    storm_executions: int = 0  # at most this many start per window; the next ones wait
+    storm_failures: int = 0  # this many failures (of a Job, or postconditions) in the window
+    storm_window_seconds: float = 600.0
+    # {"drain_node": {"executions_per_window": 3, "failures_to_trip": 1}}
+    storm_per_action: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # How often the head of a brake's queue looks for an operator's release.
+    storm_recheck_seconds: float = 10.0
+    # A target Completed by an action waits this long before that action acts on it again.
+    cooldown_seconds: float = 0.0
+    cooldown_per_action: Mapping[str, float] = field(default_factory=dict)
+    # A deferred execution (policy: a maintenance window) asks the policy again this often.
+    deferred_recheck_seconds: float = 60.0
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> LimitSettings:
@@ -59,6 +76,8 @@ class LimitSettings:
         base = cls()
         per_ns = config.get("max_concurrent_per_namespace", base.per_namespace)
         per_action = limits.get("max_concurrent_per_action") or {}
+        storm = _section(limits, "storm_brake")
+        cooldown = _section(limits, "cooldown")
         return cls(
             per_namespace=int(per_ns),
             per_action={str(k): int(v) for k, v in dict(per_action).items()},
@@ -67,7 +86,33 @@ class LimitSettings:
             node_loss_fraction=float(limits.get("max_node_loss_fraction",
                                                 base.node_loss_fraction)),
             recheck_seconds=float(limits.get("queued_recheck_seconds", base.recheck_seconds)),
+            storm_executions=int(storm.get("executions_per_window", 0)),
+            storm_failures=int(storm.get("failures_to_trip", 0)),
+            storm_window_seconds=float(storm.get("window_seconds", base.storm_window_seconds)),
+            storm_per_action={str(k): {str(n): int(v) for n, v in dict(o).items()}
+                              for k, o in dict(storm.get("per_action") or {}).items()},
+            storm_recheck_seconds=float(storm.get("recheck_seconds",
+                                                  base.storm_recheck_seconds)),
+            cooldown_seconds=float(cooldown.get("default_seconds", 0)),
+            cooldown_per_action={str(k): float(v)
+                                 for k, v in dict(cooldown.get("per_action") or {}).items()},
+            deferred_recheck_seconds=float(limits.get("deferred_recheck_seconds",
+                                                      base.deferred_recheck_seconds)),
         )
+
+    def storm_limits(self, action: str) -> tuple[int, int]:
+        """(executions per window, failures that trip) for ``action``; 0 = off."""
+        own = self.storm_per_action.get(action) or {}
+        return (int(own.get("executions_per_window", self.storm_executions)),
+                int(own.get("failures_to_trip", self.storm_failures)))
+
+    def cooldown(self, action: str) -> float:
+        return float(self.cooldown_per_action.get(action, self.cooldown_seconds))
+
+
+def _section(limits: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    found = limits.get(name)
+    return found if isinstance(found, Mapping) else {}
 
 
 @dataclass(frozen=True)
@@ -180,6 +225,12 @@ class Limits:
             self._namespace[ex.uid] = ex.namespace
         return None
 
+    def wait(self, ex: Execution, key: str) -> None:
+        """``ex`` waits for something keyed ``key`` other than a slot (``brake/<action>``):
+        ``behind`` names it when an execution of that kind frees or goes through."""
+        self._queued[ex.uid] = (_order(ex), ex.key, frozenset({key}))
+        self._blocked_by[ex.uid] = key.split("/", 1)[0]
+
     def release(self, ex: Execution) -> bool:
         """Give the slots back (idempotent); True when some were held."""
         self._namespace.pop(ex.uid, None)
@@ -213,6 +264,7 @@ class Limits:
         """The keys of the queued executions a slot freed by ``freed`` may let go on, head
         first (a few: the others keep their place until those ahead have moved)."""
         keys = {lim.key for lim in self.limits_of(freed, 0)}
+        keys.add(f"brake/{freed.spec.get('action', '')}")
         queued = sorted((order, key) for uid, (order, key, wanted) in self._queued.items()
                         if uid != freed.uid and keys & wanted)
         return [key for _, key in queued[:most]]

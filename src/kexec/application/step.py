@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kexec.application.audit_record import execution_record, transitions
+from kexec.application.brake import StormBrake
 from kexec.application.grants import NEEDS_BINDING, Grants, TargetClaims
-from kexec.application.limits import HOLDS_SLOT, Limits
+from kexec.application.limits import HOLDS_SLOT, STORM_BRAKE, Limits
 from kexec.application.ports.audit import AuditPort, AuditUnavailable
 from kexec.application.ports.clock import Clock
 from kexec.application.ports.cluster import ClusterPort, Identity
@@ -97,6 +98,7 @@ class StepBase:
         self.grants: Grants = _TimedGrants(cluster, settings, self.metrics)
         self.claims = TargetClaims()
         self.limits = Limits(settings.limits, settings.policy_data)
+        self.brake = StormBrake(lambda: self.limits.settings, self.metrics)
 
     # --- shared by the steps --------------------------------------------------------------
 
@@ -127,7 +129,8 @@ class StepBase:
         elif saved.phase not in HOLDS_SLOT:
             self.limits.release(saved)  # did not get past validation (held, queued)
         if event and saved.phase is not None:
-            warning = saved.phase in (Phase.FAILED, Phase.ROLLBACK_READY)
+            warning = (saved.phase in (Phase.FAILED, Phase.ROLLBACK_READY)
+                       or saved.status.reason == STORM_BRAKE)
             await self.cluster.emit_event(
                 saved, "Warning" if warning else "Normal", saved.status.reason or
                 saved.phase.value, event_message(ex, saved))

@@ -7,11 +7,14 @@ makes is the per-action binding (removed again unless the execution goes on).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from kexec.application.limits import QUEUED
+from kexec.application.brake import Release, read_releases, record_release
+from kexec.application.limits import DEFERRED, QUEUED
 from kexec.application.policy_input import build_policy_input
+from kexec.application.ports.audit import AuditUnavailable
 from kexec.application.ports.cluster import ClusterError, TooManyRequests
 from kexec.application.ports.policy import PolicyUnavailable
 from kexec.application.snapshot import read_snapshot, snapshot_objects
@@ -32,6 +35,8 @@ from kexec.domain.safety import (
 )
 from kexec.domain.spec import ExecutionSpec, parse_spec
 from kexec.domain.status import DryRunResult
+
+log = logging.getLogger("kexec.application.validate")
 
 
 class ValidationStep(StepBase):
@@ -75,10 +80,33 @@ class ValidationStep(StepBase):
             return await self._hold(ex, "TargetBusy",
                                     f"waiting for {busy} which acts on the same target",
                                     self.settings.requeue_busy_seconds, new=new)
+        cooldown = self.brake.cooldown(ex, others, now)
+        if cooldown is not None:
+            return await self._hold(ex, cooldown.reason, cooldown.message,
+                                    cooldown.requeue_seconds, new=new)
         if not self.limits.ready:
             self.limits.rebuild(others)  # before admitting anything in this term
         nodes = await self._schedulable_nodes(action)
+        braked = self.brake.check(ex, others, now, None)
+        if braked is not None:  # tripped: has an operator released it?
+            release = (await self._brake_releases(now)).get(action.name)
+            braked = self.brake.check(ex, others, now, release) if release else braked
+        if braked is not None:
+            self.limits.wait(ex, f"brake/{action.name}")
+            new.storm_braked(braked.message, now)
+            if ex.status.reason != braked.reason:  # once per execution held (the alert
+                # KexecStormBrakeTripped counts kexec_phase_transitions{reason="StormBrake"})
+                self.metrics.transition(action.name, Phase.PENDING.value, braked.reason)
+            return await self._hold(ex, braked.reason, braked.message, braked.requeue_seconds,
+                                    new=new)
+        # Out of the brake's queue (on, or into a limit's queue): the next ones look again.
+        cleared = new.storm_brake_cleared(now)
+        # From the brake check to here nothing awaits: a burst cannot overtake the count.
         queued = self.limits.admit(ex, others, nodes, reserve=True)
+        if queued is None:
+            self.brake.started(ex, now)
+        if cleared:
+            self.limits.on_free(ex)
         if queued is not None:
             return await self._hold(ex, QUEUED, queued, self.limits.settings.recheck_seconds,
                                     new=new)
@@ -118,6 +146,15 @@ class ValidationStep(StepBase):
             return await self._hold(ex, new.status.reason, new.status.message,
                                     self.settings.requeue_policy_unavailable_seconds, new=new,
                                     phase=Phase.VALIDATING)
+        if decision.allowed and decision.defer:
+            # Not now (a maintenance window): wait in Pending, ask the policy again later;
+            # it did not start (its slots and its place in the brake's count go back).
+            self.brake.forget(ex)
+            result = await self._hold(ex, DEFERRED, "deferred by the policy: "
+                                      + "; ".join(decision.defer),
+                                      self.limits.settings.deferred_recheck_seconds, new=new)
+            self.limits.on_free(ex)  # the slots it had taken for a moment
+            return result
         rules = ", ".join(sorted({v.rule for v in decision.violations})) or "policy"
         detail = "; ".join(f"{v.rule}: {v.message}" for v in decision.violations)
         new.policy_decided(decision.to_status(), decision.allowed,
@@ -139,6 +176,29 @@ class ValidationStep(StepBase):
                       before=redact(action.summarize(snap.get("target")), secrets),
                       requires_approval=decision.requires_approval, now=now)
         return await self._commit(ex, new)
+
+    async def _brake_releases(self, now: Any) -> dict[str, Release]:
+        """The operator's releases (read at most every few seconds); each one seen is
+        recorded in the audit trail once."""
+        releases = self.brake.cached_releases(now)
+        if releases is not None:
+            return releases
+        try:
+            releases = await read_releases(self.cluster, self.settings.controller_namespace)
+        except ClusterError as exc:  # the brake stays engaged: fail safe
+            log.warning("storm brake releases unreadable: %s", exc)
+            releases = {}
+        self.brake.remember_releases(now, releases)
+        for release in releases.values():
+            if self.brake.unrecorded(release):
+                try:
+                    await record_release(self.audit, release,
+                                         self.settings.controller_namespace,
+                                         self.settings.controller_id)
+                    self.brake.recorded(release)
+                except AuditUnavailable as exc:
+                    log.warning("audit of %s not confirmed: %s", release.audit_uid, exc)
+        return releases
 
     async def _decide(self, ex: Execution, spec: ExecutionSpec, action: Action[Any], params: Any,
                       snap: Snapshot, now: Any) -> PolicyDecision | str:

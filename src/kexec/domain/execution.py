@@ -159,6 +159,19 @@ class Execution:
         self._enter(phase, now)
         self.status.reason, self.status.message = reason, message
 
+    def storm_braked(self, message: str, now: datetime) -> None:
+        """Held by its action's storm brake: the condition says so (hold gives the reason)."""
+        self.set_condition("StormBrake", True, "StormBrake", message, now)
+
+    def storm_brake_cleared(self, now: datetime) -> bool:
+        """Going on after the brake held it; True when it had held it."""
+        cond = self.status.condition("StormBrake")
+        if cond is None or cond.status != "True":
+            return False
+        self.set_condition("StormBrake", False, "BrakeClear",
+                           "the storm brake was released or its window passed", now)
+        return True
+
     def fail(self, reason: str, message: str, now: datetime) -> None:
         self._enter(Phase.FAILED, now)
         run = self.job_run

@@ -18,3 +18,8 @@ def cluster_role_for(action: str) -> str:
 def service_account_for(action: str) -> str:
     """``scale_deployment`` → ``kexec-scale-deployment``, made in each execution's namespace."""
     return "kexec-" + _dashed(action)
+
+
+# The operator's storm-brake releases (`kexec brake release ACTION`), in the controller's
+# namespace: one key per action (application/brake.py).
+BRAKE_CONFIGMAP = "kexec-storm-brake"

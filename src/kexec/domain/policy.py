@@ -17,13 +17,15 @@ class PolicyDecision:
     """The one decision document every engine returns.
 
     ``allowed`` false means the execution must not run. ``requires_approval``
-    means it may run only once ``spec.approvalReceived`` is true.
+    means it may run only once ``spec.approvalReceived`` is true. ``defer`` (reasons,
+    e.g. a maintenance window) means an allowed execution waits and asks again later.
     """
 
     allowed: bool
     requires_approval: bool = False
     violations: tuple[Violation, ...] = ()
     engine: str = ""
+    defer: tuple[str, ...] = ()
 
     @classmethod
     def from_document(cls, doc: Any, engine: str) -> PolicyDecision:
@@ -41,11 +43,13 @@ class PolicyDecision:
             if isinstance(v, dict)
         )
         violations = tuple(sorted(violations, key=lambda v: (v.rule, v.message)))
+        defer = doc.get("defer") or []
         return cls(
             allowed=bool(doc["allow"]),
             requires_approval=bool(doc.get("requires_approval", False)),
             violations=violations,
             engine=engine,
+            defer=tuple(sorted(str(r) for r in (defer if isinstance(defer, list) else [defer]))),
         )
 
     def to_status(self) -> dict[str, Any]:

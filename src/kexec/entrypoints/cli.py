@@ -15,7 +15,8 @@ from rich.table import Table
 
 from kexec.domain.actions import ACTIONS
 from kexec.domain.errors import FieldError, SafetyViolation, ValidationError
-from kexec.domain.execution import API_VERSION, KIND
+from kexec.domain.execution import API_VERSION, KIND, iso
+from kexec.domain.naming import CONTROLLER_NAMESPACE
 from kexec.domain.safety import check_target_cluster
 from kexec.domain.spec import parse_spec
 from kexec.entrypoints.cli_logging import configure_logging, logging_options
@@ -181,6 +182,39 @@ def rollback(name: str, namespace: str, kubeconfig: str | None) -> None:
     except (ClusterError, NoRollback) as exc:
         _fail(str(exc))
     click.echo(f"created {ex.key} ({ex.spec['action']}, rollbackOf {name})")
+
+
+@cli.group()
+def brake() -> None:
+    """The storm brake of an action (docs/limits.md)."""
+
+
+@brake.command("release")
+@click.argument("action", type=click.Choice(sorted(ACTIONS)))
+@click.option("--controller-namespace", default=CONTROLLER_NAMESPACE, show_default=True)
+@click.option("--as", "as_user", default="", help="release as this user (impersonation, "
+              "like kubectl --as)")
+@click.option("--kubeconfig", envvar="KUBECONFIG", default=None)
+def brake_release(action: str, controller_namespace: str, as_user: str,
+                  kubeconfig: str | None) -> None:
+    """Let the executions of ACTION that its storm brake holds go on now: only what starts
+    from now on counts. Needs Role kexec-brake-releaser; the controller records the release
+    (and who made it) in the audit trail."""
+    from datetime import UTC, datetime
+
+    from kexec.application.brake import ReleaseBrake
+    from kexec.application.ports.cluster import ClusterError
+
+    async def release(cluster: Any) -> Any:
+        return await ReleaseBrake(cluster, controller_namespace)(
+            action, await cluster.whoami(), datetime.now(UTC))
+
+    try:
+        done = _run(_with_cluster(kubeconfig, release, as_user))
+    except ClusterError as exc:
+        _fail(f"{exc.message} (the ConfigMap {controller_namespace}/kexec-storm-brake ships "
+              "with deploy/rbac; the caller needs Role kexec-brake-releaser)")
+    click.echo(f"released the storm brake on {done.action} at {iso(done.at)} as {done.by}")
 
 
 @cli.group()

@@ -36,3 +36,6 @@ class RecordedMetrics:
 
     def audit_written(self, confirmed: bool) -> None:
         self.calls.append(("audit_written", (confirmed,)))
+
+    def storm_brake(self, action: str, engaged: bool) -> None:
+        self.calls.append(("storm_brake", (action, engaged)))

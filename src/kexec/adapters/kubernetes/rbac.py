@@ -20,7 +20,12 @@ from typing import Any
 
 from kexec.domain.actions import ACTIONS, Action
 from kexec.domain.execution import GROUP, PLURAL
-from kexec.domain.naming import CONTROLLER_NAMESPACE, cluster_role_for, service_account_for
+from kexec.domain.naming import (
+    BRAKE_CONFIGMAP,
+    CONTROLLER_NAMESPACE,
+    cluster_role_for,
+    service_account_for,
+)
 from kexec.domain.resources import Rule
 
 CONTROLLER_NAME = "kexec-controller"
@@ -232,6 +237,20 @@ def user_cluster_roles() -> list[dict[str, Any]]:
     ]
 
 
+def brake_release() -> list[dict[str, Any]]:
+    """``kexec brake release ACTION`` writes a key of one ConfigMap (shipped empty, so the
+    operator needs no ``create``): Role ``kexec-brake-releaser``, bind it to operators."""
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": BRAKE_CONFIGMAP, "namespace": CONTROLLER_NAMESPACE,
+                      "labels": _labels("controller")}},
+        {"apiVersion": RBAC_API, "kind": "Role",
+         "metadata": {"name": "kexec-brake-releaser", "namespace": CONTROLLER_NAMESPACE,
+                      "labels": _labels("user")},
+         "rules": [_rule(("",), ("configmaps",), ("get", "patch"), (BRAKE_CONFIGMAP,))]},
+    ]
+
+
 def controller_rbac() -> list[dict[str, Any]]:
     """Everything deploy/rbac/controller.yaml holds, in apply order."""
     return [
@@ -240,6 +259,7 @@ def controller_rbac() -> list[dict[str, Any]]:
         controller_role(),
         controller_role_binding(),
         *user_cluster_roles(),
+        *brake_release(),
     ]
 
 

@@ -17,6 +17,7 @@ def _document(decision: PolicyDecision) -> dict[str, Any]:
         "allow": decision.allowed,
         "requires_approval": decision.requires_approval,
         "violations": [{"rule": v.rule, "message": v.message} for v in decision.violations],
+        "defer": list(decision.defer),
     }
 
 

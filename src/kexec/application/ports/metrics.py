@@ -37,6 +37,9 @@ class Metrics(Protocol):
     def audit_written(self, confirmed: bool) -> None:
         """One audit write attempt from a step: confirmed by the store or not (outboxed)."""
 
+    def storm_brake(self, action: str, engaged: bool) -> None:
+        """The storm brake of ``action`` engaged (tripped) or cleared."""
+
 
 class NoMetrics:
     """Reports nothing (the default of the use cases)."""
@@ -63,4 +66,7 @@ class NoMetrics:
         pass
 
     def audit_written(self, confirmed: bool) -> None:
+        pass
+
+    def storm_brake(self, action: str, engaged: bool) -> None:
         pass
