@@ -29,6 +29,8 @@ APPROVER = "alice"  # a second person with kexec-approver (the admin creates exe
 
 __all__ = ["GROUP_PATH", "NS_CTRL", "TERMINAL", "Kexec", "free_port"]
 
+_INSTANCES: list[Kexec] = []  # every Kexec made in this process (Kexec.existing)
+
 
 class Kexec:
     """Drives the controller process and talks to the API as admin."""
@@ -40,6 +42,14 @@ class Kexec:
         self.http_port = free_port()
         self.log_dir = Path(cp.log_dir or "/tmp")
         self.kubeconfig = self.log_dir.parent / "kexec-controller.kubeconfig"
+        _INSTANCES.append(self)
+
+    @staticmethod
+    def existing(cp: ControlPlane) -> Kexec | None:
+        """The Kexec already installed on this control plane in this process (e.g. the e2e
+        tests' session fixture), so another suite drives the same controllers instead of
+        running a second, competing set."""
+        return next((k for k in _INSTANCES if k.cp is cp), None)
 
     # --- admin API ---------------------------------------------------------------------
     def api(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
