@@ -171,6 +171,24 @@ class Reliability:
             return set(names) <= done
         self.k.until(ready, timeout, f"deployments in {ns} ready")
 
+    def configmaps(self, count: int, prefix: str, per_ns: int = 5) -> list[tuple[str, str]]:
+        """``count`` ConfigMaps (data key=old), ``per_ns`` to a fresh namespace: (ns, name)."""
+        out: list[tuple[str, str]] = []
+        for j in range((count + per_ns - 1) // per_ns):
+            ns = self.ns(f"{prefix}{j}")
+            for i in range(min(per_ns, count - j * per_ns)):
+                self.k.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                              "metadata": {"name": f"cm-{i}", "namespace": ns}, "data": {"key": "old"}})
+                out.append((ns, f"cm-{i}"))
+        return out
+
+    def update_configmap(self, ns: str, cm: str, value: str) -> str:
+        return self.k.create(ns, "update_configmap", {"namespace": ns, "configMap": cm, "data": {"key": value}},
+                             name=f"update-{cm}-{uuid.uuid4().hex[:4]}")
+
+    def configmap_value(self, ns: str, cm: str) -> str:
+        return str((self.k.api("GET", f"/api/v1/namespaces/{ns}/configmaps/{cm}").get("data") or {}).get("key"))
+
     def list_executions(self, ns: str) -> dict[str, dict[str, Any]]:
         from devstack.harness import GROUP_PATH
 
