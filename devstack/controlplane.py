@@ -785,6 +785,27 @@ class ControlPlane:
 
         self._wait("ServiceAccount default/default", default_sa, deadline, [etcd, api, kcm])
 
+    def restart(self, name: str = "kube-apiserver", down_seconds: float = 0.0, timeout: float = 60.0) -> float:
+        """Stop one component (``etcd``, ``kube-apiserver``, ``kube-controller-manager``),
+        wait ``down_seconds``, start it again with the same arguments (same port, same data)
+        and wait until the API server is ready again. Returns the seconds it was unready."""
+        index = next(i for i, p in enumerate(self._procs) if p.name == name)
+        old = self._procs[index]
+        t0 = time.monotonic()
+        old.stop()
+        time.sleep(down_seconds)
+        assert self.log_dir and self.run_dir
+        self._procs[index] = ManagedProcess(name, old.argv, self.log_dir / f"{name}.log", cwd=self.run_dir)
+        (self.run_dir / "pids.json").write_text(
+            json.dumps({"owner": os.getpid(), "pids": [q.pid for q in self._procs]})
+        )
+
+        def ready() -> bool:
+            return bool(self.api("GET", "/readyz", timeout=3) == "ok")
+
+        self._wait(f"kube-apiserver /readyz after restarting {name}", ready, time.monotonic() + timeout, self._procs)
+        return time.monotonic() - t0
+
     def stop(self) -> None:
         if self._stopped:
             return

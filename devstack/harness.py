@@ -47,6 +47,8 @@ def dev_policy_dir(target: Path) -> Path:
     (target / "data.json").write_text(json.dumps(dev_policy_data(), indent=1))
     return target
 
+_INSTANCES: list[Kexec] = []  # every Kexec made in this process (Kexec.existing)
+
 
 class Kexec:
     """Drives the controller process and talks to the API as admin."""
@@ -59,6 +61,14 @@ class Kexec:
         self.log_dir = Path(cp.log_dir or "/tmp")
         self.kubeconfig = self.log_dir.parent / "kexec-controller.kubeconfig"
         self.policy_dir = dev_policy_dir(self.log_dir.parent / "policies-dev")
+        _INSTANCES.append(self)
+
+    @staticmethod
+    def existing(cp: ControlPlane) -> Kexec | None:
+        """The Kexec already installed on this control plane in this process (e.g. the e2e
+        tests' session fixture), so another suite drives the same controllers instead of
+        running a second, competing set."""
+        return next((k for k in _INSTANCES if k.cp is cp), None)
 
     # --- admin API ---------------------------------------------------------------------
     def api(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:

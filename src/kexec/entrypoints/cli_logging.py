@@ -78,6 +78,8 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # kubernetes-asyncio logs every raw response body at debug level: Secrets' data included.
+    logging.getLogger("kubernetes_asyncio.client.rest").setLevel(max(root.level, logging.INFO))
 
 
 def logging_options(fn: Any, default_level: str = "info") -> Any:
