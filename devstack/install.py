@@ -97,11 +97,13 @@ class InCluster:
     def lease_duration(self) -> float:
         return float(self.cp.api("GET", LEASE)["spec"].get("leaseDurationSeconds") or 15)
 
-    def wait_leader(self, among: set[str], timeout: float = 60) -> str:
+    def wait_leader(self, among: set[str] | None = None, timeout: float = 60, *, not_: str = "") -> str:
+        """The Lease holder once it is one of ``among`` (None: any) other than ``not_``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             holder = self.leader()
-            if holder in among:
+            if holder and holder != not_ and (among is None or holder in among):
                 return holder
             time.sleep(0.1)
-        raise AssertionError(f"no leader among {sorted(among)} after {timeout}s (holder {self.leader()!r})")
+        raise AssertionError(f"no leader among {sorted(among or ['any'])} but {not_!r} after {timeout}s "
+                             f"(holder {self.leader()!r})")

@@ -8,7 +8,7 @@ It talks to the real kube-apiserver (kubernetes-asyncio, admin kubeconfig) and:
 * schedules pending pods (``schedulerName`` default-scheduler, no ``nodeName``) through
   the Binding API onto schedulable nodes, honouring ``spec.nodeName``, cordoned nodes,
   ``nodeSelector``, required node affinity and NoSchedule/NoExecute taints/tolerations;
-* marks non-Job pods Running + Ready (conditions, containerStatuses, podIP);
+* marks other non-Job pods Running + Ready (conditions, containerStatuses, podIP);
 * EXECUTES Job pods (label ``batch.kubernetes.io/job-name``/``job-name`` or a Job owner):
   the first container's ``command`` + ``args`` run as a local subprocess with the
   container's env, ``KUBECONFIG`` (token for the pod's ServiceAccount from the
@@ -21,7 +21,16 @@ It talks to the real kube-apiserver (kubernetes-asyncio, admin kubeconfig) and:
   ENTRYPOINT/CMD, the pod's uid, the ServiceAccount token/CA/namespace at
   ``/var/run/secrets/kubernetes.io/serviceaccount`` and ``KUBERNETES_SERVICE_HOST/PORT``
   (the in-cluster configuration), the termination log at ``terminationMessagePath``;
-* finishes graceful deletions (kills the process, reports status, deletes with
+* RUNS long-running pods with a container of a known image (the controller Deployment
+  installed by ``kubectl apply -k``): every container from its image under ``bwrap`` (other
+  images are only reported running), the pod on a loopback IP of its own (``127.N.x.y``:
+  Linux routes 127/8 to ``lo``, so replicas bound to ``status.podIP`` can all listen),
+  emptyDir/configMap/secret volumes, httpGet/tcpSocket startup, readiness (-> Ready) and
+  liveness (-> restart) probes, restarts with backoff; an ``Image.binary`` (e.g. the opa
+  built by hack/build-binaries.sh for ``openpolicyagent/opa:*``) stands in for a one-binary
+  image;
+* finishes graceful deletions (SIGTERM to the container's processes, not to bwrap; then
+  SIGKILL after the grace period; reports status, deletes with
   gracePeriodSeconds=0) -- evictions end up here too;
 * enforces ``spec.activeDeadlineSeconds`` (DeadlineExceeded).
 
@@ -1195,9 +1204,8 @@ class _Sim:
         return any(image_runner.repository(c.get("image", "")) in self.o.images for c in containers)
 
     async def pod_volumes(self, pod: dict[str, Any], pod_dir: Path) -> dict[str, Path]:
-        """emptyDir, configMap and secret volumes as host directories (files 0644 for
-        configMaps, 0640/root-group-less 0644 for secrets here: the simulator has one uid
-        per pod). A missing non-optional source raises LookupError (the kubelet retries)."""
+        """emptyDir, configMap and secret volumes as host directories (files 0644). A missing
+        non-optional source raises LookupError (the kubelet retries)."""
         ns = pod["metadata"]["namespace"]
         out: dict[str, Path] = {}
         for vol in (pod.get("spec") or {}).get("volumes") or []:

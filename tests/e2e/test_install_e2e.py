@@ -181,10 +181,12 @@ def test_local_overlay_runs_two_replicas_from_the_image_and_hands_over(stack: St
     duration = stack.install.lease_duration()
     t_delete = time.monotonic()
     stack.kubectl("delete", "pod", "-n", NS_CTRL, leader, "--wait=false")
-    other = stack.install.wait_leader(names - {leader}, timeout=duration + 5)
+    # The other replica, or the one the ReplicaSet just made (both standbys race for the Lease).
+    other = stack.install.wait_leader(timeout=duration + 5, not_=leader)
     handover = time.monotonic() - t_delete
     print(f"leader {leader} deleted; {other} holds the Lease after {handover:.2f}s (lease {duration:.0f}s)")
     assert handover <= duration + 5
+    assert other in {p["metadata"]["name"] for p in stack.install.pods()}
     name = create_execution(stack, ns, "scale_deployment", "scaleDeployment",
                             {"namespace": ns, "deployment": "web", "replicas": 1})
     status = wait_terminal(stack, ns, name)
@@ -214,3 +216,30 @@ def test_opa_sidecar_decides_the_policy(stack: Stack) -> None:
     assert mine[-1]["result"]["allow"] is False
     assert any(v["rule"] == "max_replicas" for v in mine[-1]["result"]["violations"]), mine[-1]["result"]
     assert re.search(r'"path":\s*"kexec/safety/decision"', json.dumps(mine[-1])), mine[-1]
+
+
+def test_probes_decide_readiness_and_a_failing_liveness_probe_restarts_the_container(stack: Stack) -> None:
+    ns = f"probes-{uuid.uuid4().hex[:6]}"
+    stack.kubectl("create", "namespace", ns)
+    probe = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2}
+    stack.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": ns},
+        "spec": {"automountServiceAccountToken": False, "containers": [{
+            "name": "web", "image": "localhost/kexec:dev",
+            "command": ["python3", "-m", "http.server", "--bind", "$(POD_IP)", "8000"],
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "ports": [{"name": "web", "containerPort": 8000}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "web"}, **probe},
+            "livenessProbe": {"httpGet": {"path": "/missing", "port": 8000}, "initialDelaySeconds": 2, **probe},
+        }]}}))
+    deadline = time.monotonic() + 60
+    seen_ready, restarts = False, 0
+    while time.monotonic() < deadline and not (seen_ready and restarts >= 1):
+        pod = stack.cp.api("GET", f"/api/v1/namespaces/{ns}/pods/web")
+        seen_ready = seen_ready or InCluster.ready(pod)  # GET / answers 200: Ready
+        statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        restarts = int(statuses[0].get("restartCount") or 0)  # GET /missing answers 404: restarted
+        time.sleep(0.2)
+    assert seen_ready and restarts >= 1, (seen_ready, restarts)
+    assert statuses[0]["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM'd by the liveness probe
+    stack.kubectl("delete", "namespace", ns, "--wait=false")
