@@ -35,6 +35,7 @@ class Image:
     cmd: list[str] = field(default_factory=list)
     user: str = ""
     workdir: str = "/"
+    scratch: bool = False  # a root filesystem made here (binary_image): mount points may be created in it
 
     @classmethod
     def load(cls, rootfs: str | Path) -> Image:
@@ -47,6 +48,21 @@ class Image:
         return cls(rootfs=root, env=env, entrypoint=list(cfg.get("Entrypoint") or []),
                    cmd=list(cfg.get("Cmd") or []), user=cfg.get("User") or "",
                    workdir=cfg.get("WorkingDir") or "/")
+
+    @classmethod
+    def binary(cls, binary: str | Path, root: str | Path, *, entrypoint: str = "/opa") -> Image:
+        """A ``FROM scratch`` image holding one static binary at ``entrypoint``: what the
+        simulator runs for ``openpolicyagent/opa:*-static`` containers (the opa built by
+        hack/build-binaries.sh stands in for the image's own, same major version)."""
+        root = Path(root)
+        for d in ("usr", "proc", "dev", "tmp", "etc", "run", "var"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        if not (root / "var" / "run").is_symlink():
+            (root / "var" / "run").symlink_to("../run")  # as in Debian: the token goes on the /run tmpfs
+        target = root / entrypoint.lstrip("/")
+        if not target.exists():
+            shutil.copy2(binary, target)
+        return cls(rootfs=root, entrypoint=[entrypoint], user="1000:1000", workdir="/", scratch=True)
 
     def ids(self) -> tuple[int, int]:
         """The image's numeric USER as (uid, gid); 0 when unset or by name."""
@@ -92,7 +108,7 @@ def sandbox_argv(image: Image, argv: Sequence[str], *, env: Mapping[str, str] | 
     ``ro_binds``/``binds``: (host path, path in the container), read-only/writable. The
     process runs as ``uid``:``gid`` (default: the image's USER). As root, bwrap needs no
     user namespace and the image's ``setpriv`` (util-linux, Essential in Debian) drops to the
-    uid; otherwise an unprivileged user namespace maps the caller to it.
+    uid; otherwise (or in an image without setpriv) a user namespace maps the caller to it.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -117,7 +133,7 @@ def sandbox_argv(image: Image, argv: Sequence[str], *, env: Mapping[str, str] | 
             for parent in parents:
                 cmd += ["--perms", "0755", "--dir", parent]
             cmd += [flag, str(host), dest]
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and (image.rootfs / "usr/bin/setpriv").exists():
         cmd += ["--", "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
     else:
         cmd += ["--unshare-user", "--uid", str(uid), "--gid", str(gid), "--"]
@@ -168,18 +184,33 @@ def run_as(pod: Mapping[str, Any], container: Mapping[str, Any], image: Image) -
 
 def pod_sandbox_argv(image: Image, pod: Mapping[str, Any], container: Mapping[str, Any], argv: Sequence[str],
                      *, env: Mapping[str, str], service_account_dir: Path | None,
-                     termination_log: Path) -> list[str]:
+                     termination_log: Path, volumes: Mapping[str, Path] | None = None) -> list[str]:
     """:func:`sandbox_argv` for one container of a pod: its uid/gid, ``workingDir``, env, the
-    ServiceAccount files at :data:`SERVICE_ACCOUNT_DIR` and the termination log at the
-    container's ``terminationMessagePath`` (writable by the container's uid). The root
-    filesystem is always read-only (as ``readOnlyRootFilesystem: true``)."""
+    ServiceAccount files at :data:`SERVICE_ACCOUNT_DIR`, the termination log at the
+    container's ``terminationMessagePath`` (writable by the container's uid) and its
+    ``volumeMounts`` of ``volumes`` (volume name -> host directory; a missing one is not
+    mounted). The root filesystem is always read-only (as ``readOnlyRootFilesystem: true``),
+    so a mount point must exist in the image (or be under /tmp or /run)."""
     uid, gid = run_as(pod, container, image)
     termination_log.touch()
     if os.geteuid() == 0:
         os.chown(termination_log, uid, gid)
     else:
         termination_log.chmod(0o666)
-    ro = [(service_account_dir, SERVICE_ACCOUNT_DIR)] if service_account_dir is not None else []
-    return sandbox_argv(image, argv, env=env, ro_binds=ro,
-                        binds=[(termination_log, container.get("terminationMessagePath") or "/dev/termination-log")],
+    ro: list[tuple[str | Path, str]] = []
+    rw: list[tuple[str | Path, str]] = [
+        (termination_log, container.get("terminationMessagePath") or "/dev/termination-log")]
+    if service_account_dir is not None:
+        ro.append((service_account_dir, SERVICE_ACCOUNT_DIR))
+    for mount in container.get("volumeMounts") or []:
+        host = (volumes or {}).get(mount["name"])
+        if host is None:
+            continue
+        inside = resolve_inside(image.rootfs, mount["mountPath"])
+        if not (image.rootfs / inside.lstrip("/")).exists() and not inside.startswith(("/tmp/", "/run/")):
+            if not image.scratch:
+                raise ValueError(f"mount point {mount['mountPath']} does not exist in the image")
+            (image.rootfs / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        (ro if mount.get("readOnly") else rw).append((host, mount["mountPath"]))
+    return sandbox_argv(image, argv, env=env, ro_binds=ro, binds=rw,
                         uid=uid, gid=gid, workdir=container.get("workingDir") or None)

@@ -8,7 +8,7 @@ It talks to the real kube-apiserver (kubernetes-asyncio, admin kubeconfig) and:
 * schedules pending pods (``schedulerName`` default-scheduler, no ``nodeName``) through
   the Binding API onto schedulable nodes, honouring ``spec.nodeName``, cordoned nodes,
   ``nodeSelector``, required node affinity and NoSchedule/NoExecute taints/tolerations;
-* marks non-Job pods Running + Ready (conditions, containerStatuses, podIP);
+* marks other non-Job pods Running + Ready (conditions, containerStatuses, podIP);
 * EXECUTES Job pods (label ``batch.kubernetes.io/job-name``/``job-name`` or a Job owner):
   the first container's ``command`` + ``args`` run as a local subprocess with the
   container's env, ``KUBECONFIG`` (token for the pod's ServiceAccount from the
@@ -21,7 +21,16 @@ It talks to the real kube-apiserver (kubernetes-asyncio, admin kubeconfig) and:
   ENTRYPOINT/CMD, the pod's uid, the ServiceAccount token/CA/namespace at
   ``/var/run/secrets/kubernetes.io/serviceaccount`` and ``KUBERNETES_SERVICE_HOST/PORT``
   (the in-cluster configuration), the termination log at ``terminationMessagePath``;
-* finishes graceful deletions (kills the process, reports status, deletes with
+* RUNS long-running pods with a container of a known image (the controller Deployment
+  installed by ``kubectl apply -k``): every container from its image under ``bwrap`` (other
+  images are only reported running), the pod on a loopback IP of its own (``127.N.x.y``:
+  Linux routes 127/8 to ``lo``, so replicas bound to ``status.podIP`` can all listen),
+  emptyDir/configMap/secret volumes, httpGet/tcpSocket startup, readiness (-> Ready) and
+  liveness (-> restart) probes, restarts with backoff; an ``Image.binary`` (e.g. the opa
+  built by hack/build-binaries.sh for ``openpolicyagent/opa:*``) stands in for a one-binary
+  image;
+* finishes graceful deletions (SIGTERM to the container's processes, not to bwrap; then
+  SIGKILL after the grace period; reports status, deletes with
   gracePeriodSeconds=0) -- evictions end up here too;
 * enforces ``spec.activeDeadlineSeconds`` (DeadlineExceeded).
 
@@ -41,6 +50,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import random
 import re
 import signal
 import sys
@@ -192,6 +202,7 @@ class _PodRun:
     job: bool
     pod_ip: str
     proc: asyncio.subprocess.Process | None = None
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)  # service pods: by container
     task: asyncio.Task[Any] | None = None
     deleting: bool = False
     deadline_exceeded: bool = False
@@ -212,6 +223,32 @@ def expand_vars(s: str, env: dict[str, str]) -> str:
         return env.get(name, m.group(0))
 
     return _VAR_RE.sub(rep, s)
+
+
+def _sandboxed(pid: int) -> list[int]:
+    """The processes below a ``bwrap`` process ``pid`` that are not bwrap (empty otherwise)."""
+    def stat(p: int) -> tuple[str, int]:
+        text = Path(f"/proc/{p}/stat").read_text()
+        return text[text.index("(") + 1:text.rindex(")")], int(text[text.rindex(")") + 2:].split()[1])
+
+    try:
+        if stat(pid)[0] != "bwrap":
+            return []
+        children: dict[int, list[tuple[int, str]]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    comm, ppid = stat(int(entry.name))
+                    children.setdefault(ppid, []).append((int(entry.name), comm))
+    except (OSError, ValueError, IndexError):
+        return []
+    found, todo = [], [pid]
+    while todo:
+        for child, comm in children.get(todo.pop(), []):
+            todo.append(child)
+            if comm != "bwrap":
+                found.append(child)
+    return found
 
 
 class _Sim:
@@ -237,6 +274,7 @@ class _Sim:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.nodes_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
         self.stopping = asyncio.Event()
+        self.loopback_net = random.randint(16, 250)  # 127.N.x.y: apart from other simulators'
 
     # ----------------------------------------------------------------- REST plumbing
     async def req(
@@ -307,6 +345,14 @@ class _Sim:
         n = self.ip_counter.get(node, 1) + 1
         self.ip_counter[node] = n
         return f"10.244.{self.node_index.get(node, 250)}.{(n % 250) + 2}"
+
+    def alloc_loopback_ip(self, node: str) -> str:
+        """A pod IP of its own on the loopback (Linux routes all of 127/8 to ``lo``): the
+        containers of a pod run from its image share the host network, so two replicas
+        listening on the same port (bound to ``status.podIP``) do not collide."""
+        n = self.ip_counter.get(node, 1) + 1
+        self.ip_counter[node] = n
+        return f"127.{self.loopback_net}.{self.node_index.get(node, 250)}.{(n % 250) + 2}"
 
     def node_status(self, node: str) -> dict[str, Any]:
         now = _now()
@@ -507,7 +553,7 @@ class _Sim:
         self.pod_node.pop(uid, None)
         run = self.runs.pop(uid, None)
         self.deleting.discard(uid)
-        if run and run.proc and run.proc.returncode is None:
+        if run and self.live_procs(run):
             self.log.info("pod %s/%s vanished; killing its process", run.namespace, run.name)
             run.deleting = True
             self.kill(run, signal.SIGKILL)
@@ -542,21 +588,25 @@ class _Sim:
             return
         self.pod_node[uid] = node
         job = is_job_pod(pod)
+        service = not job and self.runs_from_image(pod)
         run = _PodRun(
             uid=uid,
             namespace=meta["namespace"],
             name=meta["name"],
             node=node,
             job=job,
-            pod_ip=status.get("podIP") or self.alloc_pod_ip(node),
+            pod_ip=status.get("podIP") or (self.alloc_loopback_ip(node) if service else self.alloc_pod_ip(node)),
         )
         self.runs[uid] = run
-        if phase == "Running" and not job:
+        if phase == "Running" and not job and not service:
             return  # already running (e.g. simulator restarted): nothing to do
         if phase == "Running" and job:
             run.task = self.spawn(self.fail_orphaned(pod), f"orphan {run.namespace}/{run.name}")
             return
         what = f"{'job' if job else 'pod'} {run.namespace}/{run.name}"
+        if service:
+            run.task = self.spawn(self.run_service_pod(pod, run), what)
+            return
         run.task = self.spawn(self.run_job_pod(pod, run) if job else self.mark_running(pod, run), what)
 
     # ------------------------------------------------------------------- scheduling
@@ -1123,14 +1173,265 @@ class _Sim:
                 raise
         run.finished.set()
 
+    @staticmethod
+    def live_procs(run: _PodRun) -> list[asyncio.subprocess.Process]:
+        procs = [run.proc, *run.procs.values()]
+        return [p for p in procs if p is not None and p.returncode is None]
+
     def kill(self, run: _PodRun, sig: int) -> None:
-        p = run.proc
-        if p is None or p.returncode is not None:
+        for p in self.live_procs(run):
+            self.kill_proc(p, sig)
+
+    @staticmethod
+    def kill_proc(p: asyncio.subprocess.Process, sig: int) -> None:
+        if sig != signal.SIGKILL and (inner := _sandboxed(p.pid)):
+            # bwrap dies of SIGTERM at once and takes the container with it (--die-with-parent):
+            # the container's own processes get the signal, as from a container runtime.
+            for pid in inner:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, sig)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             p.send_signal(sig)
+
+    # -------------------------------------------------------------- service pods
+    def runs_from_image(self, pod: dict[str, Any]) -> bool:
+        """A long-running pod with a container of a known image: its containers run from
+        their images (:meth:`run_service_pod`) instead of being marked Running."""
+        containers = (pod.get("spec") or {}).get("containers") or []
+        return any(image_runner.repository(c.get("image", "")) in self.o.images for c in containers)
+
+    async def pod_volumes(self, pod: dict[str, Any], pod_dir: Path) -> dict[str, Path]:
+        """emptyDir, configMap and secret volumes as host directories (files 0644). A missing
+        non-optional source raises LookupError (the kubelet retries)."""
+        ns = pod["metadata"]["namespace"]
+        out: dict[str, Path] = {}
+        for vol in (pod.get("spec") or {}).get("volumes") or []:
+            path = pod_dir / "volumes" / vol["name"]
+            path.mkdir(parents=True, exist_ok=True)
+            if "emptyDir" in vol:
+                path.chmod(0o777)
+            elif "configMap" in vol or "secret" in vol:
+                kind, ref = ("configmaps", vol["configMap"]) if "configMap" in vol else ("secrets", vol["secret"])
+                name = ref.get("name") or ref.get("secretName", "")
+                try:
+                    obj = await self.req("GET", f"/api/v1/namespaces/{ns}/{kind}/{quote(name)}")
+                except ApiError as e:
+                    if e.status == 404 and ref.get("optional"):
+                        continue
+                    if e.status == 404:
+                        raise LookupError(f'{kind[:-1]} "{name}" not found') from e
+                    raise
+                raw = obj.get("data") or {}
+                files = {k: base64.b64decode(v) if kind == "secrets" else v.encode() for k, v in raw.items()}
+                items = ref.get("items")
+                selected = {i.get("path", i["key"]): files[i["key"]] for i in items if i["key"] in files} \
+                    if items else files
+                path.chmod(0o755)
+                for rel, data in selected.items():
+                    (path / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (path / rel).write_bytes(data)
+                    (path / rel).chmod(0o644)
+            else:
+                continue  # other volume types are not simulated
+            out[vol["name"]] = path
+        return out
+
+    async def run_service_pod(self, pod: dict[str, Any], run: _PodRun) -> None:
+        """Every container of a long-running pod runs (a known image from its root filesystem
+        under bwrap; another image is only reported Running), restarted when it exits
+        (restartPolicy Always) or fails its liveness probe; startup, readiness and liveness
+        probes (httpGet, tcpSocket) decide ``ready``/``started`` and the pod's Ready condition."""
+        ns, name = run.namespace, run.name
+        spec = pod["spec"]
+        pod_dir = Path(tempfile.mkdtemp(prefix=f"{ns}_{name}_", dir=self.o.pods_dir))
+        (self.o.log_dir / "pods").mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                token = await self.pod_token(pod)
+                volumes = await self.pod_volumes(pod, pod_dir)
+                envs = {c["name"]: await self.resolve_env(pod, c, run) for c in spec.get("containers", [])}
+                break
+            except (LookupError, ApiError) as e:
+                if isinstance(e, ApiError) and e.status not in (403, 404):
+                    raise
+                if run.deleting or self.stopping.is_set():
+                    return
+                self.log.warning("pod %s/%s: CreateContainerConfigError: %s", ns, name, e)
+                await asyncio.sleep(2)
+        sa_dir = None
+        if spec.get("automountServiceAccountToken") is not False:
+            sa_dir = image_runner.write_service_account(
+                pod_dir / "serviceaccount", token, base64.b64decode(self.ca_data or ""), ns)
+
+        async def refresh_token() -> None:  # as the kubelet renews projected tokens (1 h here)
+            while sa_dir is not None:
+                await asyncio.sleep(1800)
+                with contextlib.suppress(ApiError):
+                    image_runner.write_service_account(sa_dir, await self.pod_token(pod),
+                                                       base64.b64decode(self.ca_data or ""), ns)
+        started = _now()
+        states: dict[str, dict[str, Any]] = {
+            c["name"]: {"name": c["name"], "image": c.get("image", ""), "imageID": f"sim://{c.get('image', '')}",
+                        "containerID": f"sim://{run.uid[:8]}-{c['name']}", "ready": False, "started": False,
+                        "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}
+            for c in spec.get("containers", [])}
+        lock = asyncio.Lock()
+
+        async def publish() -> None:
+            async with lock:
+                ready = all(st["ready"] for st in states.values())
+                status = self._running_status(pod, run, started)
+                status["conditions"] = self._conditions(ready, None if ready else "ContainersNotReady")
+                status["containerStatuses"] = [dict(st) for st in states.values()]
+                with contextlib.suppress(ApiError):
+                    await self.patch_status(ns, name, status)
+
+        async def container(c: dict[str, Any]) -> None:
+            st = states[c["name"]]
+            image = self.o.images.get(image_runner.repository(c.get("image", "")))
+            if image is None:  # not a known image: reported running, as other pods are
+                st.update(ready=True, started=True, state={"running": {"startedAt": started}})
+                await publish()
+                return
+            env = envs[c["name"]]
+            inside = {**env, "HOSTNAME": name, **{k: v for k, v in self.base_env(pod, pod_dir).items()
+                                                   if k.startswith("KUBERNETES_SERVICE_")}}
+            argv = [expand_vars(a, env) for a in image.argv(c.get("command"), c.get("args"))]
+            term = pod_dir / f"termination-log-{c['name']}"
+            log_path = self.o.log_dir / "pods" / f"{ns}_{name}_{c['name']}.log"
+            grace = float(spec.get("terminationGracePeriodSeconds", 30))
+            while not (run.deleting or self.stopping.is_set()):
+                try:
+                    cmd = image_runner.pod_sandbox_argv(image, pod, c, argv, env=inside, termination_log=term,
+                                                        service_account_dir=sa_dir, volumes=volumes)
+                except (OSError, ValueError) as e:
+                    st["state"] = {"waiting": {"reason": "CreateContainerError", "message": str(e)}}
+                    await publish()
+                    return
+                t0 = _now()
+                with open(log_path, "ab") as logf:  # noqa: ASYNC230 (small local file)
+                    logf.write(f"# {t0} exec {argv!r}\n".encode())
+                    logf.flush()
+                    proc = await asyncio.create_subprocess_exec(
+                        *cmd, cwd=str(pod_dir), stdin=asyncio.subprocess.DEVNULL, stdout=logf,
+                        stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
+                run.procs[c["name"]] = proc
+                self.o.record_pid(proc.pid)
+                self.log.info("pod %s/%s container %s started pid %d at %s", ns, name, c["name"], proc.pid,
+                              run.pod_ip)
+                st.update(ready=False, started=False, state={"running": {"startedAt": t0}})
+                await publish()
+                probes = asyncio.ensure_future(self.probe_container(c, run, st, publish, proc, grace))
+                try:
+                    await proc.wait()
+                finally:
+                    probes.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.gather(probes, return_exceptions=True)
+                self.o.forget_pid(proc.pid)
+                rc = proc.returncode or 0
+                code = 128 - rc if rc < 0 else rc
+                self.log.info("pod %s/%s container %s exited with %d", ns, name, c["name"], code)
+                if run.deleting or self.stopping.is_set():
+                    return
+                st["restartCount"] += 1
+                st["lastState"] = {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed",
+                                                  "startedAt": t0, "finishedAt": _now(),
+                                                  "containerID": st["containerID"]}}
+                st.update(ready=False, started=False, state={"waiting": {"reason": "CrashLoopBackOff"}})
+                await publish()
+                await asyncio.sleep(min(10.0, 0.5 * 2 ** (st["restartCount"] - 1)))
+
+        refresher = asyncio.ensure_future(refresh_token())
+        try:
+            await asyncio.gather(*(container(c) for c in spec.get("containers", [])))
+        finally:
+            refresher.cancel()
+
+    async def probe_container(self, c: dict[str, Any], run: _PodRun, st: dict[str, Any],
+                              publish: Any, proc: asyncio.subprocess.Process, grace: float) -> None:
+        """The kubelet's probes for one running container: startup first (liveness and
+        readiness wait for it), readiness sets ``ready``, liveness failing ``failureThreshold``
+        times in a row restarts the container (SIGTERM, SIGKILL after the grace period)."""
+        ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+
+        async def probe_once(probe: dict[str, Any]) -> bool:
+            timeout = float(probe.get("timeoutSeconds", 1))
+            for kind in ("httpGet", "tcpSocket"):
+                if kind not in probe:
+                    continue
+                action = probe[kind]
+                port = action.get("port")
+                port = ports.get(port, port) if isinstance(port, str) and not port.isdigit() else int(port)
+                host = action.get("host") or run.pod_ip
+                try:
+                    if kind == "tcpSocket":
+                        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                        writer.close()
+                        return True
+                    url = f"{action.get('scheme', 'HTTP').lower()}://{host}:{port}{action.get('path', '/')}"
+                    async with aiohttp.ClientSession() as session, session.get(
+                            url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                        return 200 <= resp.status < 400
+                except (OSError, TimeoutError, aiohttp.ClientError):
+                    return False
+            return True  # exec and grpc probes are not simulated: they pass
+
+        async def run_probe(probe: dict[str, Any], on_result: Any, until_success: bool = False) -> None:
+            await asyncio.sleep(float(probe.get("initialDelaySeconds", 0)))
+            period = float(probe.get("periodSeconds", 10))
+            fails = succ = 0
+            while True:
+                ok = await probe_once(probe)
+                fails, succ = (0, succ + 1) if ok else (fails + 1, 0)
+                if ok and succ >= int(probe.get("successThreshold", 1)):
+                    await on_result(True)
+                    if until_success:
+                        return
+                elif not ok and fails >= int(probe.get("failureThreshold", 3)):
+                    await on_result(False)
+                await asyncio.sleep(period)
+
+        async def set_ready(ok: bool) -> None:
+            if st["ready"] != ok:
+                st["ready"] = ok
+                await publish()
+
+        async def live(ok: bool) -> None:
+            if ok or proc.returncode is not None:
+                return
+            self.log.info("pod %s/%s container %s failed its liveness probe; restarting",
+                          run.namespace, run.name, c["name"])
+            self.kill_proc(proc, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                self.kill_proc(proc, signal.SIGKILL)
+            raise asyncio.CancelledError
+
+        startup = c.get("startupProbe")
+        if startup:
+            async def started(ok: bool) -> None:
+                if not ok:
+                    await live(False)
+            await run_probe(startup, started, until_success=True)
+        st["started"] = True
+        tasks = []
+        if c.get("readinessProbe"):
+            tasks.append(asyncio.ensure_future(run_probe(c["readinessProbe"], set_ready)))
+        else:
+            await set_ready(True)
+        if c.get("livenessProbe"):
+            tasks.append(asyncio.ensure_future(run_probe(c["livenessProbe"], live)))
+        await publish()
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
 
     # ------------------------------------------------------------------- deletion
     async def finish_deletion(self, pod: dict[str, Any]) -> None:
@@ -1160,7 +1461,20 @@ class _Sim:
                     await self.report_terminated(
                         pod, run, code, "Completed" if code == 0 else "Error", message, started
                     )
-            elif run.task is not None and not run.task.done() and run.job:
+            elif run.procs:  # a service pod: its containers stop together
+                grace = meta.get("deletionGracePeriodSeconds")
+                grace = min(30 if grace is None else int(grace), self.o.max_grace_seconds)
+                self.kill(run, signal.SIGTERM)
+                procs = self.live_procs(run)
+                if procs:
+                    _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs],
+                                                    timeout=max(grace, 0.1))
+                    if pending:
+                        self.kill(run, signal.SIGKILL)
+                        await asyncio.wait(pending, timeout=5)
+                if run.task is not None and not run.task.done():
+                    run.task.cancel()
+            elif run.task is not None and not run.task.done() and (run.job or not run.procs):
                 run.task.cancel()
         for attempt in range(5):
             try:
@@ -1212,12 +1526,14 @@ class NodeSimulator:
         max_grace_seconds: float = 30.0,
         passthrough_env: Iterable[str] = DEFAULT_PASSTHROUGH_ENV,
         kubelet_version: str = "v1.37.2",
-        images: Mapping[str, str | Path] | None = None,
+        images: Mapping[str, str | Path | image_runner.Image] | None = None,
     ) -> None:
         self.kubeconfig = Path(kubeconfig)
-        # Image repository name -> unpacked root filesystem: Job pods of these images run from
-        # the image under bwrap (devstack/image_runner.py); others run their command locally.
-        self.images = {name: image_runner.Image.load(root) for name, root in (images or {}).items()}
+        # Image repository name -> unpacked root filesystem (or an Image): Job pods and
+        # long-running pods of these images run from the image under bwrap
+        # (devstack/image_runner.py); other Job pods run their command locally.
+        self.images = {name: root if isinstance(root, image_runner.Image) else image_runner.Image.load(root)
+                       for name, root in (images or {}).items()}
         if isinstance(nodes, int):
             self.node_names = [f"{node_prefix}{i}" for i in range(1, nodes + 1)]
         else:

@@ -5,8 +5,11 @@
 # the controller and a set of example executions, prints what happened, and keeps
 # the controller running until Ctrl-C or SIGTERM, then tears it all down.
 #
-#   hack/run-local.sh [--once] [--no-examples] [--state-dir DIR] [--nodes N]
+#   hack/run-local.sh [--once] [--no-examples] [--state-dir DIR] [--nodes N] [--in-cluster]
 #
+# --in-cluster: build the image (hack/build-image.sh) and install the controller from it with
+# `kubectl apply -k overlays/local` (two replicas run by the node simulator) instead of
+# running it as a local process.
 # --once: exit after the examples. --no-examples: just the stack and the controller.
 # The admin kubeconfig is written to DIR/kubeconfig (default .kexec/kubeconfig); a line
 # "ready" on stdout says the stack is up.
@@ -16,4 +19,10 @@ bash hack/setup-venv.sh >&2
 KEXEC_BIN_DIR="$(bash hack/build-binaries.sh | tail -n 1)"
 export KEXEC_BIN_DIR
 bash hack/ensure-postgres.sh >/dev/null
+for arg in "$@"; do
+  if [[ $arg == --in-cluster && -z ${KEXEC_IMAGE_ROOTFS:-} ]]; then
+    KEXEC_IMAGE_ROOTFS="$(bash hack/build-image.sh | tail -n 1)"
+    export KEXEC_IMAGE_ROOTFS
+  fi
+done
 exec .venv/bin/python hack/run_local.py "$@"

@@ -5,6 +5,9 @@ Brings up the control plane, the node simulator (3 nodes), PostgreSQL and the co
 to STATE_DIR/kubeconfig (the control plane's run dirs go there too), runs the example
 executions unless --no-examples, prints a line ``ready`` and runs until Ctrl-C or SIGTERM;
 then it tears everything down and exits 0. --once: exit after the examples.
+--in-cluster: the controller is installed from the image ($KEXEC_IMAGE_ROOTFS, built by
+hack/build-image.sh) by ``kubectl apply -k overlays/local`` (devstack/install.py): two
+replicas run by the node simulator from the image, instead of a local process.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 
 from devstack.controlplane import ControlPlane
 from devstack.harness import NS_CTRL, Kexec
+from devstack.image_runner import Image, images_from_env
+from devstack.install import InCluster, write_kustomization
 from devstack.postgres import PostgresServer
 from devstack.simulator import NodeSimulator
 
@@ -101,7 +106,14 @@ def main() -> int:
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".kexec",
                         help="kubeconfig and control-plane run dirs (default: .kexec/ in the repo)")
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--in-cluster", action="store_true",
+                        help="install the controller from the image with kubectl apply -k overlays/local")
     args = parser.parse_args()
+    images: dict[str, str | Path | Image] = {}
+    if args.in_cluster:
+        images.update(images_from_env())
+        if not images:
+            parser.error("--in-cluster needs $KEXEC_IMAGE_ROOTFS (hack/run-local.sh builds the image)")
     # Before anything starts, so the devstack's own SIGTERM cleanup hook stays out of the way.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop)
@@ -113,18 +125,31 @@ def main() -> int:
     try:
         with ControlPlane(state_dir=state_dir) as cp, PostgresServer() as pg:
             assert cp.kubeconfig is not None
-            sim = NodeSimulator(cp.kubeconfig, nodes=args.nodes, log_dir=cp.log_dir)
+            if args.in_cluster and cp.bin_dir is not None:
+                images["opa"] = Image.binary(cp.bin_dir / "opa", state_dir / "opa-image")
+            sim = NodeSimulator(cp.kubeconfig, nodes=args.nodes, log_dir=cp.log_dir, images=images)
             sim.start()
             try:
                 k = Kexec(cp, pg.dsn)
-                k.install()
-                k.start_controller("local", "--no-leader-elect")
+                if args.in_cluster:
+                    installed = InCluster(cp)
+                    print(installed.apply(write_kustomization(state_dir / "kustomize", pg.dsn)), end="")
+                    pods = installed.wait_ready(2, timeout=180)
+                    leader = installed.wait_leader({p["metadata"]["name"] for p in pods})
+                    k.await_admission()
+                    shown = ", ".join(f"{p['metadata']['name']} ({p['status']['podIP']})" for p in pods)
+                    print(f"controller pods {shown} Ready from the image; leader {leader}; logs: {cp.log_dir}/pods/")
+                else:
+                    k.install()
+                    k.start_controller("local", "--no-leader-elect")
                 kubeconfig.unlink(missing_ok=True)
                 shutil.copyfile(cp.kubeconfig, kubeconfig)
                 kubeconfig.chmod(0o600)
                 print(f"control plane, simulator, PostgreSQL and controller up in {time.monotonic() - t0:.1f}s")
                 print(f"  kubeconfig: {kubeconfig}\n  logs:       {cp.log_dir}\n  audit DSN:  {pg.dsn}")
-                print(f"  metrics:    http://127.0.0.1:{k.http_port}/metrics (bearer token required)\n")
+                if not args.in_cluster:
+                    print(f"  metrics:    http://127.0.0.1:{k.http_port}/metrics (bearer token required)")
+                print()
                 if not args.no_examples:
                     seed(k)
                     print("examples (kubectl get kexec -A shows them too):")

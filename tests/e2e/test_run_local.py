@@ -75,14 +75,20 @@ def postmaster_of(dsn: str) -> int:
     return asyncio.run(parent_of_backend())
 
 
-def test_run_local_serves_an_execution_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["process", pytest.param("in-cluster", marks=pytest.mark.image)])
+def test_run_local_serves_an_execution_and_stops_cleanly(tmp_path: Path, mode: str) -> None:
+    """``in-cluster``: the controller installed from the image by kubectl apply -k (needs
+    $KEXEC_IMAGE_ROOTFS: hack/test.sh exports it)."""
     bin_dir = os.environ.get("KEXEC_BIN_DIR")
     if not bin_dir:
         pytest.fail("KEXEC_BIN_DIR is not set: run hack/build-binaries.sh and export its output")
+    if mode == "in-cluster" and not os.environ.get("KEXEC_IMAGE_ROOTFS"):
+        pytest.fail("KEXEC_IMAGE_ROOTFS is not set: run hack/build-image.sh and export its last line")
     kubectl = [str(Path(bin_dir) / "kubectl"), "--kubeconfig", str(tmp_path / "kubeconfig")]
     stderr = open(tmp_path / "run-local.stderr", "wb")
+    extra = ["--in-cluster"] if mode == "in-cluster" else []
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "hack" / "run_local.py"), "--no-examples", "--state-dir", str(tmp_path)],
+        [sys.executable, str(ROOT / "hack" / "run_local.py"), "--no-examples", "--state-dir", str(tmp_path), *extra],
         stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path)
     lines: queue.Queue[str] = queue.Queue()
     out: list[str] = []
@@ -109,6 +115,12 @@ def test_run_local_serves_an_execution_and_stops_cleanly(tmp_path: Path) -> None
         server = urlsplit(config["clusters"][0]["cluster"]["server"])
         names = {Path(f"/proc/{pid}/exe").resolve().name for pid in stack}
         assert {"etcd", "kube-apiserver", "kube-controller-manager", "postgres"} <= names, names
+        if mode == "in-cluster":  # both controller replicas run from the image, under bwrap
+            assert "bwrap" in names, names
+            pods = subprocess.run([*kubectl, "get", "pods", "-n", NS_CTRL, "-o", "json"],
+                                  capture_output=True, text=True, check=True)
+            images = [c["image"] for p in json.loads(pods.stdout)["items"] for c in p["spec"]["containers"]]
+            assert images == ["localhost/kexec:dev"] * 2, images
 
         nodes = subprocess.run([*kubectl, "get", "nodes", "-o", "name"], capture_output=True, text=True, check=True)
         assert sorted(nodes.stdout.split()) == ["node/sim-node-1", "node/sim-node-2", "node/sim-node-3"]
