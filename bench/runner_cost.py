@@ -81,7 +81,7 @@ class Bench:
         self.cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(obj))
 
     def setup(self) -> None:
-        self.cp.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy/rbac/actions.yaml"))
+        self.cp.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy/base/rbac/actions.yaml"))
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
         self.apply({"apiVersion": "v1", "kind": "Node", "metadata": {
             "name": NODE, "labels": {"kubernetes.io/hostname": NODE}}})

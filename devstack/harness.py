@@ -132,7 +132,7 @@ class Kexec:
     # --- setup ------------------------------------------------------------------------
     def install(self) -> None:
         self.namespace(NS_CTRL)
-        for path in ("deploy/crd.yaml", "deploy/admission.yaml", "deploy/rbac"):
+        for path in ("deploy/base/crd.yaml", "deploy/base/admission.yaml", "deploy/base/rbac"):
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / path))
         self.kubectl("wait", "--for=condition=Established", "--timeout=30s",
                      "crd/kubernetesexecutions.kubernetesexecution.kubernaut.io")

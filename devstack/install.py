@@ -1,6 +1,6 @@
-"""kexec installed the way users install it: ``kubectl apply -k`` of ``overlays/local``.
+"""kexec installed the way users install it: ``kubectl apply -k`` of ``deploy/overlays/local``.
 
-:func:`write_kustomization` writes a kustomization that is ``overlays/local`` with the audit
+:func:`write_kustomization` writes a kustomization that is ``deploy/overlays/local`` with the audit
 DSN of the PostgreSQL the local stack started (the Secret ``kexec-audit`` replaced) and,
 optionally, the OPA sidecar component and a replica count; :class:`InCluster` applies it,
 waits for the controller pods (run from the image by the node simulator) to be Ready and
@@ -23,7 +23,7 @@ from devstack.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]
 NS_CTRL = "kubernaut-system"
-LOCAL_OVERLAY = ROOT / "overlays" / "local"
+LOCAL_OVERLAY = ROOT / "deploy" / "overlays" / "local"
 OPA_COMPONENT = ROOT / "deploy" / "components" / "opa-sidecar"
 SELECTOR = "app.kubernetes.io/name=kexec,app.kubernetes.io/component=controller"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NS_CTRL}/leases/kexec-controller"
@@ -31,7 +31,7 @@ LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NS_CTRL}/leases/kexec-control
 
 def write_kustomization(directory: Path, dsn: str, *, opa_sidecar: bool = False,
                         replicas: int | None = None) -> Path:
-    """``directory/kustomization.yaml``: overlays/local with ``dsn`` (and the options)."""
+    """``directory/kustomization.yaml``: deploy/overlays/local with ``dsn`` (and the options)."""
     directory.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",

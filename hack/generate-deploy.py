@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate deploy/crd.yaml, deploy/rbac/*.yaml and deploy/safety-policies.yaml.
+"""Regenerate deploy/base/crd.yaml, deploy/base/rbac/*.yaml and deploy/base/safety-policies.yaml.
 
     python hack/generate-deploy.py          # write the files
     python hack/generate-deploy.py --check  # exit 1 if any checked-in file is stale
@@ -28,7 +28,7 @@ from kexec.adapters.policy.bundle import DATA_FILE, load_policy_dir  # noqa: E40
 from kexec.adapters.policy.reload import DEFAULT_CONFIGMAP_NAME  # noqa: E402
 from kexec.domain.naming import CONTROLLER_NAMESPACE  # noqa: E402
 
-POLICY_CONFIGMAP = "deploy/safety-policies.yaml"
+POLICY_CONFIGMAP = "deploy/base/safety-policies.yaml"
 
 
 def safety_policies() -> str:

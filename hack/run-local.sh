@@ -8,7 +8,7 @@
 #   hack/run-local.sh [--once] [--no-examples] [--state-dir DIR] [--nodes N] [--in-cluster]
 #
 # --in-cluster: build the image (hack/build-image.sh) and install the controller from it with
-# `kubectl apply -k overlays/local` (two replicas run by the node simulator) instead of
+# `kubectl apply -k deploy/overlays/local` (two replicas run by the node simulator) instead of
 # running it as a local process.
 # --once: exit after the examples. --no-examples: just the stack and the controller.
 # The admin kubeconfig is written to DIR/kubeconfig (default .kexec/kubeconfig); a line

@@ -6,7 +6,7 @@ to STATE_DIR/kubeconfig (the control plane's run dirs go there too), runs the ex
 executions unless --no-examples, prints a line ``ready`` and runs until Ctrl-C or SIGTERM;
 then it tears everything down and exits 0. --once: exit after the examples.
 --in-cluster: the controller is installed from the image ($KEXEC_IMAGE_ROOTFS, built by
-hack/build-image.sh) by ``kubectl apply -k overlays/local`` (devstack/install.py): two
+hack/build-image.sh) by ``kubectl apply -k deploy/overlays/local`` (devstack/install.py): two
 replicas run by the node simulator from the image, instead of a local process.
 """
 
@@ -107,7 +107,7 @@ def main() -> int:
                         help="kubeconfig and control-plane run dirs (default: .kexec/ in the repo)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--in-cluster", action="store_true",
-                        help="install the controller from the image with kubectl apply -k overlays/local")
+                        help="install the controller from the image with kubectl apply -k deploy/overlays/local")
     args = parser.parse_args()
     images: dict[str, str | Path | Image] = {}
     if args.in_cluster:

@@ -63,7 +63,7 @@ class Backend:
 @pytest.fixture(scope="module")
 def installed(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     """The CRD and the per-action ClusterRoles on the real apiserver (idempotent)."""
-    for path in ("deploy/crd.yaml", "deploy/rbac/actions.yaml"):
+    for path in ("deploy/base/crd.yaml", "deploy/base/rbac/actions.yaml"):
         proc = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f",
                                      str(ROOT / path), check=False)
         if proc.returncode:

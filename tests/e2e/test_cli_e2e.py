@@ -147,7 +147,7 @@ def test_follow_exits_non_zero_on_failure_and_dry_run_changes_nothing(kexec: Kex
 
 
 def test_the_audit_prune_cronjob_is_accepted_by_the_api_server(kexec: Kexec) -> None:
-    manifest = Path(__file__).resolve().parents[2] / "deploy" / "audit-prune-cronjob.yaml"
+    manifest = Path(__file__).resolve().parents[2] / "deploy" / "base" / "audit-prune-cronjob.yaml"
     out = kexec.kubectl("apply", "--dry-run=server", "-f", str(manifest))
     assert "cronjob.batch/kexec-audit-prune created (server dry run)" in out.stdout, out.stderr
 

@@ -1,10 +1,10 @@
 """The generated CRD and RBAC on a REAL kube-apiserver.
 
-* deploy/crd.yaml is accepted (structural, CEL compiles) and becomes Established;
+* deploy/base/crd.yaml is accepted (structural, CEL compiles) and becomes Established;
 * every example is accepted; the apiserver ITSELF rejects (422) out-of-range and
   mismatched specs (we never rely on the controller for these);
 * printer columns, short name and the status subresource behave like `kubectl` expects;
-* deploy/rbac/*.yaml is accepted, and the controller ServiceAccount may bind only the
+* deploy/base/rbac/*.yaml is accepted, and the controller ServiceAccount may bind only the
   per-action ClusterRoles and impersonate only the per-action ServiceAccounts, proven
   with SubjectAccessReviews AND with real requests made with the controller's own token.
 
@@ -115,7 +115,7 @@ def object_path(doc: dict[str, Any]) -> str:
         "Namespace": "namespaces",
         "ServiceAccount": "serviceaccounts",
         "CustomResourceDefinition": "customresourcedefinitions",
-        "ConfigMap": "configmaps",  # kexec-storm-brake (deploy/rbac/controller.yaml)
+        "ConfigMap": "configmaps",  # kexec-storm-brake (deploy/base/rbac/controller.yaml)
     }[kind]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     ns = f"/namespaces/{meta['namespace']}" if meta.get("namespace") else ""
@@ -180,8 +180,8 @@ async def namespace(api: ApiClient) -> AsyncIterator[str]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def crd(api: ApiClient) -> dict[str, Any]:
-    """deploy/crd.yaml applied (idempotent: other modules may install it too) and Established."""
-    (doc,) = load_all(DEPLOY / "crd.yaml")
+    """deploy/base/crd.yaml applied (idempotent: other modules may install it too) and Established."""
+    (doc,) = load_all(DEPLOY / "base" / "crd.yaml")
     await apply(api, doc)
 
     async def established() -> dict[str, Any] | None:
@@ -469,14 +469,14 @@ async def test_status_subresource(
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def rbac(api: ApiClient, crd: dict[str, Any]) -> list[dict[str, Any]]:
-    """deploy/rbac/*.yaml applied server-side, plus the controller's Namespace and SA."""
-    controller_docs = load_all(DEPLOY / "controller.yaml")
+    """deploy/base/rbac/*.yaml applied server-side, plus the controller's Namespace and SA."""
+    controller_docs = load_all(DEPLOY / "base" / "controller.yaml")
     for doc in controller_docs:
         if doc["kind"] in ("Namespace", "ServiceAccount"):
             await apply(api, doc)
     docs = [
-        *load_all(DEPLOY / "rbac" / "actions.yaml"),
-        *load_all(DEPLOY / "rbac" / "controller.yaml"),
+        *load_all(DEPLOY / "base" / "rbac" / "actions.yaml"),
+        *load_all(DEPLOY / "base" / "rbac" / "controller.yaml"),
     ]
     applied = [await apply(api, doc) for doc in docs]
     return applied

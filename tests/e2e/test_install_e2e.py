@@ -1,7 +1,7 @@
 """kexec installed as users install it, on a control plane of its own.
 
 ``kubectl kustomize`` renders the base and every overlay and ``kubectl apply --dry-run=server
--k`` accepts them; ``kubectl apply -k`` of overlays/local (with the live audit DSN) runs both
+-k`` accepts them; ``kubectl apply -k`` of deploy/overlays/local (with the live audit DSN) runs both
 controller replicas from the image (the node simulator runs their containers under bwrap,
 each pod on its own loopback IP, and honours their probes); one leads, executions created
 with kubectl complete, deleting the leader hands over within the lease duration + 5 s; with
@@ -36,7 +36,7 @@ from devstack.simulator import NodeSimulator
 pytestmark = [pytest.mark.cluster, pytest.mark.image]
 
 REPO = Path(__file__).resolve().parents[2]
-KUSTOMIZATIONS = ("deploy", "overlays/local", "overlays/opa-sidecar")
+KUSTOMIZATIONS = ("deploy", "deploy/base", "deploy/overlays/local", "deploy/overlays/opa-sidecar")
 GROUP_PATH = "/apis/kubernetesexecution.kubernaut.io/v1alpha1"
 
 

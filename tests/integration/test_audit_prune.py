@@ -70,12 +70,12 @@ def test_prune_refuses_short_windows_and_reports_an_unreachable_database(
 
 
 def test_the_cronjob_runs_the_prune_command_daily() -> None:
-    job = yaml.safe_load((ROOT / "deploy" / "audit-prune-cronjob.yaml").read_text())
+    job = yaml.safe_load((ROOT / "deploy" / "base" / "audit-prune-cronjob.yaml").read_text())
     assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["kexec", "audit", "prune"]
     assert "--older-than" in container["command"]
     assert any(e["name"] == "KEXEC_AUDIT_DSN" and "secretKeyRef" in e["valueFrom"]
                for e in container["env"])
-    kustomization = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((ROOT / "deploy" / "base" / "kustomization.yaml").read_text())
     assert "audit-prune-cronjob.yaml" in kustomization["resources"]

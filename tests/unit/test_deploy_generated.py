@@ -51,8 +51,8 @@ def load_all(path: Path) -> list[dict[str, Any]]:
 
 def rbac_docs() -> list[dict[str, Any]]:
     return [
-        *load_all(DEPLOY / "rbac" / "actions.yaml"),
-        *load_all(DEPLOY / "rbac" / "controller.yaml"),
+        *load_all(DEPLOY / "base" / "rbac" / "actions.yaml"),
+        *load_all(DEPLOY / "base" / "rbac" / "controller.yaml"),
     ]
 
 
@@ -91,7 +91,7 @@ def test_generator_script_check_mode_agrees(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_crd_identity_and_printer_columns() -> None:
-    (crd,) = load_all(DEPLOY / "crd.yaml")
+    (crd,) = load_all(DEPLOY / "base" / "crd.yaml")
     assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
     assert crd["metadata"]["name"] == f"{PLURAL}.{GROUP}"
     spec = crd["spec"]
@@ -407,7 +407,7 @@ def test_invalid_example_fails_naming_replicas() -> None:
 
 
 def test_one_cluster_role_per_action_from_its_rules() -> None:
-    roles = [d for d in load_all(DEPLOY / "rbac" / "actions.yaml") if d["kind"] == "ClusterRole"]
+    roles = [d for d in load_all(DEPLOY / "base" / "rbac" / "actions.yaml") if d["kind"] == "ClusterRole"]
     assert len(roles) == len(ACTIONS) == 11
     for action in ACTIONS.values():
         role = by_kind_name(roles, "ClusterRole", action_role_name(action.name))
@@ -493,7 +493,7 @@ def test_bindings_name_the_controller_service_account() -> None:
 
 
 def test_controller_deployment() -> None:
-    docs = load_all(DEPLOY / "controller.yaml")
+    docs = load_all(DEPLOY / "base" / "controller.yaml")
     by_kind_name(docs, "Namespace", CONTROLLER_NAMESPACE)
     by_kind_name(docs, "ServiceAccount", CONTROLLER_SERVICE_ACCOUNT)
     dep = by_kind_name(docs, "Deployment", CONTROLLER_NAME)
@@ -516,13 +516,14 @@ def test_controller_deployment() -> None:
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"] == ["base"]
+    kust = yaml.safe_load((DEPLOY / "base" / "kustomization.yaml").read_text())
     resources = kust["resources"]
     assert {"crd.yaml", "controller.yaml", "rbac/actions.yaml", "rbac/controller.yaml"} <= set(
         resources
     )
     for rel in resources:
-        assert (DEPLOY / rel).is_file(), rel
+        assert (DEPLOY / "base" / rel).is_file(), rel
 
 
 def test_dockerfile_runs_kexec_as_non_root() -> None:

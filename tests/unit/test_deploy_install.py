@@ -11,12 +11,12 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def _controller() -> dict[str, Any]:
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "controller.yaml").read_text()) if d]
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "base" / "controller.yaml").read_text()) if d]
     return next(d for d in docs if d["kind"] == "Deployment")
 
 
 def _service() -> dict[str, Any]:
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "controller.yaml").read_text()) if d]
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "base" / "controller.yaml").read_text()) if d]
     return next(d for d in docs if d["kind"] == "Service")
 
 

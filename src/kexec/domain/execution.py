@@ -31,7 +31,7 @@ PLURAL = "kubernetesexecutions"
 FINALIZER = f"{GROUP}/audit"
 
 
-# Written by the cluster's admission (deploy/admission.yaml), never by a client: who created
+# Written by the cluster's admission (deploy/base/admission.yaml), never by a client: who created
 # the execution, as the API server authenticated them.
 REQUESTED_BY = f"{GROUP}/requested-by"
 REQUESTED_BY_GROUPS = f"{GROUP}/requested-by-groups"

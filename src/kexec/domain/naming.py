@@ -11,7 +11,7 @@ def _dashed(action: str) -> str:
 
 
 def cluster_role_for(action: str) -> str:
-    """``scale_deployment`` → ``kexec-action-scale-deployment`` (deploy/rbac/actions.yaml)."""
+    """``scale_deployment`` → ``kexec-action-scale-deployment`` (deploy/base/rbac/actions.yaml)."""
     return "kexec-action-" + _dashed(action)
 
 

@@ -213,7 +213,7 @@ def brake_release(action: str, controller_namespace: str, as_user: str,
         done = _run(_with_cluster(kubeconfig, release, as_user))
     except ClusterError as exc:
         _fail(f"{exc.message} (the ConfigMap {controller_namespace}/kexec-storm-brake ships "
-              "with deploy/rbac; the caller needs Role kexec-brake-releaser)")
+              "with deploy/base/rbac; the caller needs Role kexec-brake-releaser)")
     click.echo(f"released the storm brake on {done.action} at {iso(done.at)} as {done.by}")
 
 

@@ -96,7 +96,7 @@ class FakeApi:
         self.job_outcomes: dict[str, list[int]] = {}  # job name → exit codes per attempt
         self.job_handler: JobHandler | None = None
         self.kill_switch = False
-        # Admission, as deploy/admission.yaml does it: the creating user is stamped on every
+        # Admission, as deploy/base/admission.yaml does it: the creating user is stamped on every
         # execution; approval fields are the only spec fields that may change.
         self.acting_user = "orchestrator"
         self.acting_groups: tuple[str, ...] = ("system:authenticated",)

@@ -121,7 +121,7 @@ class Identities(KubernetesApi):
                 try:
                     await self.request("GET", f"{ADMISSION_API}/{resource}/{name}")
                 except NotFound:
-                    cached = (f"{resource[:-1]} {name!r} is not installed (deploy/admission.yaml); "
+                    cached = (f"{resource[:-1]} {name!r} is not installed (deploy/base/admission.yaml); "
                               "executions cannot run without it")
                     break
             self._facts.put("admission", cached)

@@ -47,12 +47,12 @@ def _file(source: str, docs: Iterable[dict[str, Any]]) -> str:
 def generated_files() -> dict[str, str]:
     """Path relative to the repository root → file content."""
     return {
-        "deploy/crd.yaml": _file("kexec.adapters.kubernetes.crd", [crd_manifest()]),
-        "deploy/rbac/actions.yaml": _file(
+        "deploy/base/crd.yaml": _file("kexec.adapters.kubernetes.crd", [crd_manifest()]),
+        "deploy/base/rbac/actions.yaml": _file(
             "kexec.adapters.kubernetes.rbac (one ClusterRole per action, from Action.rules)",
             action_cluster_roles(),
         ),
-        "deploy/rbac/controller.yaml": _file("kexec.adapters.kubernetes.rbac", controller_rbac()),
+        "deploy/base/rbac/controller.yaml": _file("kexec.adapters.kubernetes.rbac", controller_rbac()),
     }
 
 

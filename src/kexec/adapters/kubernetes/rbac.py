@@ -34,7 +34,7 @@ RBAC_API = "rbac.authorization.k8s.io/v1"
 PART_OF = {"app.kubernetes.io/part-of": "kexec"}
 
 
-# deploy/admission.yaml: who requested an execution, and who may approve it.
+# deploy/base/admission.yaml: who requested an execution, and who may approve it.
 ADMISSION_POLICY_NAMES = ("kexec-requester", "kexec-trust")
 ADMISSION_RESOURCES = (
     "mutatingadmissionpolicies",
@@ -252,7 +252,7 @@ def brake_release() -> list[dict[str, Any]]:
 
 
 def controller_rbac() -> list[dict[str, Any]]:
-    """Everything deploy/rbac/controller.yaml holds, in apply order."""
+    """Everything deploy/base/rbac/controller.yaml holds, in apply order."""
     return [
         controller_cluster_role(),
         controller_cluster_role_binding(),
