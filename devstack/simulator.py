@@ -1165,12 +1165,27 @@ class _Sim:
             status["reason"] = pod_reason
             status["message"] = pod_message or ""
         self.pod_node.pop(run.uid, None)
-        try:
-            await self.patch_status(ns, name, status)
-            self.log.info("pod %s/%s %s (exit %d, %s)", ns, name, phase, code, reason)
-        except ApiError as e:
-            if e.status != 404:
-                raise
+        # Like the kubelet's status manager: the terminal status is retried until the API
+        # server takes it (it may be restarting), the pod is gone, or the simulator stops —
+        # a lost report would leave the pod Running and its Job unfinished forever.
+        delay = 0.5
+        while True:
+            try:
+                await self.patch_status(ns, name, status)
+                self.log.info("pod %s/%s %s (exit %d, %s)", ns, name, phase, code, reason)
+                break
+            except ApiError as e:
+                if e.status == 404:
+                    break
+                if e.status < 500 and e.status != 429:
+                    raise
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            if self.stopping.is_set():
+                break
+            self.log.warning("pod %s/%s: terminal status not reported yet; retrying in %.1fs", ns, name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
         run.finished.set()
 
     @staticmethod

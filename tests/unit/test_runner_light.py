@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -18,8 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
+from kexec.adapters.kubernetes import stdlib_client
 from kexec.adapters.kubernetes.requests import mutation_call, read_call
 from kexec.adapters.kubernetes.stdlib_client import (
+    Endpoint,
     StdlibApi,
     endpoint_from_env,
     from_kubeconfig,
@@ -132,7 +135,8 @@ def test_the_stdlib_transport_sends_the_shared_calls_on_one_connection(server: A
     api.close()
 
 
-def test_the_stdlib_transport_classifies_errors_like_the_adapter(server: Any, tmp_path: Path) -> None:
+def test_the_stdlib_transport_classifies_errors_like_the_adapter(server: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     api = client_for(server, tmp_path)
     cm = ObjectRef("ConfigMap", "ns", "cfg")
     server.script = [(409, status(409, "AlreadyExists", "exists")), (403, status(403, "Forbidden", "no")),
@@ -142,8 +146,43 @@ def test_the_stdlib_transport_classifies_errors_like_the_adapter(server: Any, tm
             run_to_completion(api.mutate(Create(cm, {"metadata": {"name": "cfg"}})))
     server.shutdown()
     server.server_close()
+    monkeypatch.setattr(stdlib_client, "REFUSED_BACKOFF", (0.01, 0.01))
+    calls = api.calls
     with pytest.raises(Unavailable):  # nobody listening: a retryable error, not a crash
         run_to_completion(api.read(Get("target", cm)))
+    assert api.calls - calls == 3  # refused connections are tried again (nothing was sent)
+
+
+def test_an_api_server_that_comes_back_within_the_backoff_gets_the_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarting API server refuses connections: the runner's request waits for it."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nobody listens on the port yet
+    monkeypatch.setattr(stdlib_client, "REFUSED_BACKOFF", (0.2,) * 10)
+    srv: Any = None
+
+    def come_back() -> None:
+        nonlocal srv
+        srv = ThreadingHTTPServer(("127.0.0.1", port), Recorder)
+        srv.seen, srv.script = [], [(200, {"metadata": {"name": "cfg"}})]
+        srv.serve_forever()
+
+    timer = threading.Timer(0.5, come_back)
+    timer.start()
+    api = StdlibApi(Endpoint(server=f"http://127.0.0.1:{port}"))
+    try:
+        got = run_to_completion(api.read(Get("target", ObjectRef("ConfigMap", "ns", "cfg"))))
+        assert got is not None and got["metadata"]["name"] == "cfg"
+        assert 2 <= api.calls <= 10 and len(srv.seen) == 1
+    finally:
+        api.close()
+        timer.cancel()
+        if srv is not None:
+            srv.shutdown()  # ends serve_forever on the timer's thread
+            srv.server_close()
+        timer.join(5)
 
 
 def test_both_transports_send_the_same_shaped_calls() -> None:

@@ -21,6 +21,7 @@ import json
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,11 @@ def endpoint_from_env(env: Mapping[str, str]) -> Endpoint:
     return from_kubeconfig(kubeconfig) if kubeconfig else in_cluster(env)
 
 
+# An API server that refuses connections is restarting (or failing over): the request never
+# left, so any method may be sent again; ≈ 15 s in all before the runner gives up.
+REFUSED_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0, 7.0)
+
+
 class StdlibApi(RunnerCalls):
     """``RunnerCluster`` over one keep-alive HTTPS connection."""
 
@@ -150,15 +156,22 @@ class StdlibApi(RunnerCalls):
             path += "?" + urlencode(call.query)
         body = None if call.body is None else json.dumps(call.body, separators=(",", ":")).encode()
         headers = {**call.headers(), **self._auth, "User-Agent": "kexec-runner"}
-        self.calls += 1
-        try:
-            conn = self._connection()
-            conn.request(call.method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise Unavailable(f"{call.method} {call.path}: {exc or type(exc).__name__}") from None
+        for delay in (*REFUSED_BACKOFF, None):
+            self.calls += 1
+            try:
+                conn = self._connection()
+                conn.request(call.method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except ConnectionRefusedError as exc:  # nothing was sent: safe to try again
+                self.close()
+                if delay is None:
+                    raise Unavailable(f"{call.method} {call.path}: {exc}") from None
+                time.sleep(delay)  # noqa: ASYNC251 -- blocking by design, like the HTTP call (no event loop)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise Unavailable(f"{call.method} {call.path}: {exc or type(exc).__name__}") from None
         if resp.status not in (200, 201, 202):
             raise classify(resp.status, raw.decode(errors="replace"))
         return json.loads(raw) if raw else None
