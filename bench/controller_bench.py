@@ -250,6 +250,7 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
                     break
                 await asyncio.sleep(0.1)
             total = time.monotonic() - t0
+            await asyncio.sleep(2)  # what follows the end (finalizer released) is counted too
             text_after = metrics(port, token)
             after = counter(text_after, "kexec_api_requests_total")
             kinds = {k: (v - kinds_before.get(k, 0)) / n
