@@ -193,3 +193,16 @@ async def test_only_a_jobs_end_or_loss_wakes_its_execution() -> None:
     await controller.queue.get()
     controller._on_job("DELETED", job("j"))
     assert controller.queue.processing == frozenset({"ns/ex"}) and "ns/ex" in controller.queue._dirty
+
+
+async def test_a_job_event_wakes_only_an_execution_that_waits_for_it() -> None:
+    controller = Controller(ControllerConfig(), build_container(), CollectorRegistry())
+    api = Api()
+    controller.executions = Informer(api, "g", "v1", "xs")  # type: ignore[arg-type]
+    controller.executions.cache["ns/ex"] = {"status": {"phase": "Completed"}}
+    controller._on_job("MODIFIED", job("j", "Complete"))  # later updates, TTL deletion...
+    controller._on_job("DELETED", job("j", "Complete"))
+    assert len(controller.queue) == 0
+    controller.executions.cache["ns/ex"] = {"status": {"phase": "Executing"}}
+    controller._on_job("MODIFIED", job("j", "Complete"))
+    assert len(controller.queue) == 1

@@ -111,12 +111,19 @@ class Controller:
         # An execution waits for its Job's end (or loss) only: a pod starting, becoming ready
         # or being counted changes nothing it acts on (attempts are read at the end), and
         # its deadline is a timer of its own.
+        # Nor does anything about the Job of an execution that is not Executing (the Job's
+        # later updates, its deletion by TTL): the write that makes it Executing wakes it
+        # and reads the Job from the cache then.
         if type_ != "DELETED" and not _job_finished(obj):
             return
         meta = obj.get("metadata") or {}
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == "KubernetesExecution" and ref.get("controller"):
-                self.queue.add(f"{meta.get('namespace')}/{ref.get('name')}")
+                key = f"{meta.get('namespace')}/{ref.get('name')}"
+                cached = self.executions.get(key) if self.executions is not None else None
+                if self.executions is None or (
+                        ((cached or {}).get("status") or {}).get("phase") == "Executing"):
+                    self.queue.add(key)
 
     # --- the work -----------------------------------------------------------------------
     async def handle(self, key: str) -> float | None:
