@@ -5,7 +5,8 @@
 # client) and writes bench/results/latest.json plus a dated markdown table.
 #
 #   bash bench/run.sh            # full: latency 60, 1,000 real + 1,000 dryRun at once
-#   bash bench/run.sh --quick    # small n: the bench cannot rot
+#   bash bench/run.sh --quick    # small n: the bench cannot rot (latest-quick.json)
+# KEXEC_BENCH_OUT=DIR writes the results there instead of bench/results (CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=""
@@ -22,4 +23,4 @@ $py bench/policy_latency.py --decisions "$decisions" --plain-query-decisions 20 
     --opa "$KEXEC_BIN_DIR/opa" --json-out "$run/policy.json" > "$run/policy.md"
 $py bench/controller_bench.py --latency "$latency" --burst "$burst" --dry-burst "$dry" \
     --json-out "$run/controller.json" > "$run/controller.md"
-$py bench/summarize.py "$run" $quick
+$py bench/summarize.py "$run" $quick --out "${KEXEC_BENCH_OUT:-bench/results}"

@@ -102,11 +102,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"),
+                    help="where latest[-quick].json and the dated table go")
     args = ap.parse_args()
     result = merge(Path(args.run_dir))
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # --quick never replaces the full run's latest.json
+    (out / f"latest{'-quick' if args.quick else ''}.json").write_text(
+        json.dumps(result, indent=1, sort_keys=True) + "\n")
     text = table(result, args.quick)
     (out / f"{time.strftime('%Y-%m-%d', time.gmtime())}{'-quick' if args.quick else ''}.md").write_text(text)
     print(text)

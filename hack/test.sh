@@ -43,6 +43,16 @@ if [ "$#" -eq 0 ]; then  # the whole suite (CI): domain + application must be co
   log "coverage of domain + application (fails below 90 %)"
   .venv/bin/coverage report --include='src/kexec/domain/*,src/kexec/application/*' --fail-under=90 || cov_rc=$?
 fi
-log "done (pytest exit $rc, coverage exit $cov_rc)"
+# --- bench --quick: every benchmark still runs (numbers reported, not gated) ---
+bench_rc=0
+if [ "$#" -eq 0 ]; then
+  log "bench/run.sh --quick (≈ 50 s)"
+  bench_start=$SECONDS
+  KEXEC_BENCH_OUT="$(mktemp -d -t kexec-bench-ci-XXXXXX)" bash bench/run.sh --quick || bench_rc=$?
+  log "bench --quick exit $bench_rc in $((SECONDS - bench_start))s"
+fi
+# --- end of the bench block ---
+log "done (pytest exit $rc, coverage exit $cov_rc, bench exit $bench_rc)"
 if [ "$rc" -ne 0 ]; then exit "$rc"; fi
-exit "$cov_rc"
+if [ "$cov_rc" -ne 0 ]; then exit "$cov_rc"; fi
+exit "$bench_rc"

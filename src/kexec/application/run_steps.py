@@ -166,7 +166,10 @@ class RunSteps(StepBase):
         _, action, params = parse_spec(ex.spec)
         reads = action.progress_reads(params)
         if not reads:
-            return poll
+            # Nothing to watch but the Job, whose end is an event: wake at its deadline only.
+            left = ((ex.job_run.deadline or now) - now).total_seconds()
+            return StepResult(requeue_after=max(self.settings.requeue_poll_seconds,
+                                                left + self.settings.deadline_grace_seconds + 1))
         last = parse_time(ex.job_run.progress.get("updated")) if ex.job_run.progress else None
         if last is not None and (now - last).total_seconds() < self.settings.progress_interval_seconds:
             return poll

@@ -78,6 +78,10 @@ class Container(containers.DeclarativeContainer):
         request_timeout=config.request_timeout.as_(float),
         execution_cache=config.execution_cache,
         node_cache=config.node_cache,
+        job_cache=config.job_cache,
+        pod_cache=config.pod_cache,
+        namespace_cache=config.namespace_cache,
+        config_cache=config.config_cache,
         registry=registry,
     )
     audit_pool = providers.Resource(audit_pool, dsn=config.audit_dsn)
@@ -104,6 +108,10 @@ DEFAULTS: dict[str, Any] = {
     "request_timeout": 10.0,
     "execution_cache": None,
     "node_cache": None,
+    "job_cache": None,
+    "pod_cache": None,
+    "namespace_cache": None,
+    "config_cache": None,
     "audit_dsn": None,
     "policy_engine": "embedded",
     "opa_url": "http://127.0.0.1:8181",

@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from kexec.adapters.kubernetes.jobs import lean_job, lean_pod
 from kexec.adapters.kubernetes.wire import to_execution
 from kexec.adapters.metrics import (
     ActiveExecutions,
@@ -34,12 +35,13 @@ from kexec.domain.execution import GROUP, PLURAL, VERSION, Execution
 from kexec.domain.naming import CONTROLLER_NAMESPACE
 from kexec.entrypoints.cli_logging import log_context
 from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
-from kexec.runtime.informer import Informer, object_key
+from kexec.runtime.informer import Informer, drop_managed_fields, object_key
 from kexec.runtime.metrics import make_registry
 from kexec.runtime.workqueue import WorkQueue, run_workers
 
 log = logging.getLogger("kexec.controller")
 JOB_SELECTOR = "app.kubernetes.io/managed-by=kexec"
+KILL_SWITCH = "kexec-config"  # the ConfigMap whose data.paused pauses new executions
 
 
 @dataclass
@@ -76,6 +78,9 @@ class Controller:
         self.executions: Informer | None = None
         self.jobs: Informer | None = None
         self.nodes: Informer | None = None
+        self.pods: Informer | None = None
+        self.namespaces: Informer | None = None
+        self.config: Informer | None = None
         self.reconcile: ReconcileExecution | None = None
         self.written: dict[str, str] = {}  # key → resourceVersion of our last write
         self.leading = asyncio.Event()
@@ -102,11 +107,23 @@ class Controller:
             for key in self.reconcile.limits.behind(freed):
                 self.queue.add(key)
 
-    def _on_job(self, _type: str, obj: dict[str, Any]) -> None:
+    def _on_job(self, type_: str, obj: dict[str, Any]) -> None:
+        # An execution waits for its Job's end (or loss) only: a pod starting, becoming ready
+        # or being counted changes nothing it acts on (attempts are read at the end), and
+        # its deadline is a timer of its own.
+        # Nor does anything about the Job of an execution that is not Executing (the Job's
+        # later updates, its deletion by TTL): the write that makes it Executing wakes it
+        # and reads the Job from the cache then.
+        if type_ != "DELETED" and not _job_finished(obj):
+            return
         meta = obj.get("metadata") or {}
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == "KubernetesExecution" and ref.get("controller"):
-                self.queue.add(f"{meta.get('namespace')}/{ref.get('name')}")
+                key = f"{meta.get('namespace')}/{ref.get('name')}"
+                cached = self.executions.get(key) if self.executions is not None else None
+                if self.executions is None or (
+                        ((cached or {}).get("status") or {}).get("phase") == "Executing"):
+                    self.queue.add(key)
 
     # --- the work -----------------------------------------------------------------------
     async def handle(self, key: str) -> float | None:
@@ -142,7 +159,9 @@ class Controller:
         else:
             self.written.pop(key, None)
         if result.wrote and not result.requeue_after:
-            return 1.0  # the watch event normally comes first; this is the safety net
+            # The watch event of our own write brings the next step (a re-list after a
+            # broken watch replays it as MODIFIED): no timer that would only find it done.
+            return None
         return result.requeue_after
 
     async def on_started_leading(self) -> None:
@@ -172,15 +191,33 @@ class Controller:
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
         api = await resolve(self.container.api())
+        # Every fact a reconcile reads, watched (no GET per execution); each cache keeps only
+        # what is read of its objects.
+        lean = drop_managed_fields
         self.executions = Informer(api, GROUP, VERSION, PLURAL, on_event=self._on_execution,
-                                   name="executions")
+                                   name="executions", transform=lean)
         self.jobs = Informer(api, "batch", "v1", "jobs", label_selector=JOB_SELECTOR,
-                             on_event=self._on_job, name="jobs")
-        self.nodes = Informer(api, "", "v1", "nodes", name="nodes")
+                             on_event=self._on_job, name="jobs", transform=lean_job)
+        self.nodes = Informer(api, "", "v1", "nodes", name="nodes", transform=lean)
+        self.pods = Informer(api, "", "v1", "pods", label_selector=JOB_SELECTOR, name="job pods",
+                             transform=lean_pod)
+        self.namespaces = Informer(api, "", "v1", "namespaces", name="namespaces", transform=lean)
+        self.config = Informer(api, "", "v1", "configmaps", namespace=self.cfg.namespace,
+                               field_selector=f"metadata.name={KILL_SWITCH}",
+                               name="kill switch", transform=lean)
+        informers = (self.executions, self.jobs, self.nodes, self.pods, self.namespaces,
+                     self.config)
         executions, nodes = self.executions, self.nodes
         self.registry.register(ActiveExecutions(lambda: phases_of(executions.cache.values())))
         self.container.config.execution_cache.from_value(lambda: list(executions.cache.values()))
         self.container.config.node_cache.from_value(lambda: list(nodes.cache.values()))
+        # (functions, not bound methods: the configuration deep-copies what it is given)
+        jobs, pods, namespaces, config = self.jobs, self.pods, self.namespaces, self.config
+        kill_switch = f"{self.cfg.namespace}/{KILL_SWITCH}"
+        self.container.config.job_cache.from_value(lambda key: jobs.cache.get(key))
+        self.container.config.pod_cache.from_value(lambda: list(pods.cache.values()))
+        self.container.config.namespace_cache.from_value(lambda name: namespaces.cache.get(name))
+        self.container.config.config_cache.from_value(lambda: config.cache.get(kill_switch))
         self.reconcile = await resolve(self.container.reconcile())
         limits = self.reconcile.limits
         self.registry.register(QueuedExecutions(limits.queued_by_limit))
@@ -189,17 +226,15 @@ class Controller:
         await self._migrate()
         await audit.start()
         policy_source = await self._watch_policy(api)
-        self.executions.start()
-        self.jobs.start()
-        self.nodes.start()
+        for informer in informers:
+            informer.start()
         http = await self._serve_http(api)
         workers = asyncio.create_task(run_workers(self.queue, self.handle, self.cfg.workers,
                                                   logger=log))
         elector = None
         try:
-            await self.executions.wait_synced()
-            await self.jobs.wait_synced()
-            await self.nodes.wait_synced()
+            for informer in informers:
+                await informer.wait_synced()
             if self.cfg.leader_elect:
                 from kexec.runtime.leader import LeaderElector
 
@@ -223,9 +258,8 @@ class Controller:
             if elector is not None:
                 with contextlib.suppress(Exception):
                     await elector.release()
-            await self.executions.stop()
-            await self.jobs.stop()
-            await self.nodes.stop()
+            for informer in informers:
+                await informer.stop()
             if policy_source is not None:
                 policy_source.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -308,6 +342,11 @@ class _Servers:
     async def stop(self) -> None:
         for handle in self.handles:
             await handle.stop()
+
+
+def _job_finished(job: dict[str, Any]) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
 
 
 def _older(cached: Any, written: str | None) -> bool:

@@ -26,6 +26,9 @@ Protocol (client-go's reflector):
    jitter (:class:`kexec.runtime.backoff.Backoff`, 0.5 s .. 30 s), then re-watch from the
    last resourceVersion (or re-list if there is none yet).
 
+``transform`` (client-go's ``SetTransform``) rewrites each object before it is cached
+and handed out, e.g. :func:`drop_managed_fields`: what nobody reads need not be held.
+
 Handlers are ``on_event(type, obj)``, sync or async, ``type`` in ``ADDED``, ``MODIFIED``,
 ``DELETED``; they run after the cache is updated. They should be quick (enqueue a key);
 an exception in one is logged and does not stop the informer.
@@ -49,7 +52,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kexec.runtime.backoff import Backoff
 
-__all__ = ["EventHandler", "Informer", "InformerStats", "object_key", "resource_path"]
+__all__ = ["EventHandler", "Informer", "InformerStats", "drop_managed_fields", "object_key",
+           "resource_path"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,13 @@ def object_key(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace")
     return f"{ns}/{meta['name']}" if ns else str(meta["name"])
+
+
+def drop_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without ``metadata.managedFields`` (server-side apply bookkeeping: often
+    the largest part of an object, and never what a controller decides on)."""
+    (obj.get("metadata") or {}).pop("managedFields", None)
+    return obj
 
 
 def resource_path(group: str, version: str, plural: str, namespace: str | None = None) -> str:
@@ -114,8 +125,10 @@ class Informer:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         name: str | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.api_client = api_client
+        self.transform = transform
         self.group, self.version, self.plural = group, version, plural
         self.namespace = namespace
         self.label_selector = label_selector
@@ -213,6 +226,8 @@ class Informer:
                     obj.setdefault("apiVersion", api_version)
                 if kind:
                     obj.setdefault("kind", kind)
+                if self.transform is not None:
+                    obj = self.transform(obj)
                 items[object_key(obj)] = obj
             meta = body.get("metadata") or {}
             rv = str(meta.get("resourceVersion") or "")
@@ -335,6 +350,8 @@ class Informer:
         if event_type not in (ADDED, MODIFIED, DELETED):
             log.warning("%s: ignoring unknown watch event type %r", self.name, event_type)
             return
+        if self.transform is not None:
+            obj = self.transform(obj)
         key = object_key(obj)
         if event_type == DELETED:
             self.cache.pop(key, None)

@@ -48,6 +48,18 @@ class _TTL:
         self._data[key] = (time.monotonic(), value)
 
 
+def request_kind(call: ApiCall) -> str:
+    """What a request costs the API server: a read, a write it persists, a dry run, or a
+    review (SubjectAccessReview, TokenReview, SelfSubjectReview: answered, never stored)."""
+    if call.method == "GET":
+        return "read"
+    if ("dryRun", "All") in call.query:
+        return "dry_run"
+    if call.method == "POST" and call.path.endswith("reviews"):
+        return "review"
+    return "write"
+
+
 class KubernetesApi(RunnerCalls):
     def __init__(
         self,
@@ -61,7 +73,12 @@ class KubernetesApi(RunnerCalls):
         field_manager: str = "kexec",
         execution_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
         node_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
+        job_cache: Callable[[str], dict[str, Any] | None] | None = None,
+        pod_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
+        namespace_cache: Callable[[str], dict[str, Any] | None] | None = None,
+        config_cache: Callable[[], dict[str, Any] | None] | None = None,
         facts_ttl: float = 2.0,
+        admission_ttl: float = 5.0,  # a deleted kexec-trust is noticed within this (trust model)
         registry: Any = None,
     ) -> None:
         self.api = api
@@ -73,11 +90,25 @@ class KubernetesApi(RunnerCalls):
         self.field_manager = field_manager
         self.execution_cache = execution_cache
         self.node_cache = node_cache
+        # What the controller's watches hold, read instead of a GET (None: no watch, GET):
+        self.job_cache = job_cache  # "namespace/name" → the Job as the watch last saw it
+        self.pod_cache = pod_cache  # the Jobs' pods
+        self.namespace_cache = namespace_cache  # name → the Namespace
+        self.config_cache = config_cache  # the kill-switch ConfigMap (None: absent)
+        self.admission_ttl = admission_ttl  # how long "admission is installed" is believed
+        self._service_accounts: set[tuple[str, str]] = set()  # known to exist
+        self._admission_until = 0.0  # monotonic time until which the answer below holds
+        self._admission_missing = ""
         self._converted: dict[str, tuple[Any, Execution]] = {}
         self._facts = _TTL(facts_ttl)
         self._api_calls = (Counter("kexec_api_requests_total",
                                    "Kubernetes API requests made by kexec, by HTTP method",
                                    ["method"], registry=registry)
+                           if registry is not None else None)
+        self._api_kinds = (Counter("kexec_api_request_kinds_total",
+                                   "Kubernetes API requests made by kexec: read, write (persisted"
+                                   ", Events included), dry_run, review (access and token "
+                                   "reviews: nothing stored)", ["kind"], registry=registry)
                            if registry is not None else None)
 
     # --- transport -------------------------------------------------------------------
@@ -97,8 +128,9 @@ class KubernetesApi(RunnerCalls):
                                request_timeout)
 
     async def send(self, call: ApiCall, request_timeout: float | None = None) -> Any:
-        if self._api_calls is not None:
+        if self._api_calls is not None and self._api_kinds is not None:
             self._api_calls.labels(call.method).inc()
+            self._api_kinds.labels(request_kind(call)).inc()
         try:
             data = await self.api.call_api(
                 call.path, call.method, query_params=list(call.query), header_params=call.headers(),

@@ -97,18 +97,22 @@ class KubernetesCluster(Identities, Jobs):
 
     async def cluster_facts(self, namespace: str) -> dict[str, Any]:
         """Nodes and the target namespace's labels, fresh: safety rules decide on them
-        (a watch-fed node cache when the controller gives one, else a list)."""
+        (watch-fed caches when the controller gives them, else a list and a GET)."""
         if self.node_cache is not None:
             items = list(self.node_cache())
         else:
             items = await self.read(List("nodes", "Node"))
         ns_fact: dict[str, Any] = {"name": namespace, "labels": {}}
         if namespace:
-            obj = await self.read(Get("ns", ObjectRef("Namespace", "", namespace)))
+            obj = (self.namespace_cache(namespace) if self.namespace_cache is not None
+                   else await self.read(Get("ns", ObjectRef("Namespace", "", namespace))))
             ns_fact["labels"] = dict(((obj or {}).get("metadata") or {}).get("labels") or {})
         return {"nodes": [_node_fact(n) for n in items], "namespace": ns_fact}
 
     async def paused(self) -> bool:
+        if self.config_cache is not None:  # watched: as fresh as the watch
+            cm = self.config_cache()
+            return str(((cm or {}).get("data") or {}).get("paused", "")).lower() == "true"
         cached = self._facts.get("paused")
         if cached is None:
             cm = await self.read(Get("cm", ObjectRef("ConfigMap", self.controller_namespace,

@@ -4,6 +4,7 @@ reviews, and the admission policies kexec's trust model needs."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from kexec.adapters.kubernetes.api import KubernetesApi, path_for
@@ -46,11 +47,14 @@ class Identities(KubernetesApi):
 
     async def ensure_identity(self, identity: Identity, action: str, target_namespace: str) -> None:
         labels = {"app.kubernetes.io/managed-by": "kexec"}
-        await self._create(path_for("ServiceAccount", identity.namespace), {
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": identity.service_account, "namespace": identity.namespace,
-                         "labels": labels},
-        })
+        account = (identity.namespace, identity.service_account)
+        if account not in self._service_accounts:  # kexec never deletes them
+            await self._create(path_for("ServiceAccount", identity.namespace), {
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": identity.service_account, "namespace": identity.namespace,
+                             "labels": labels},
+            })
+            self._service_accounts.add(account)
         name = self._binding_name(identity, action)
         metadata: dict[str, Any] = {"name": name, "labels": labels}
         binding: dict[str, Any] = {
@@ -114,18 +118,23 @@ class Identities(KubernetesApi):
         return bool((answer.get("status") or {}).get("allowed"))
 
     async def admission_installed(self) -> str:
-        cached = self._facts.get("admission")
-        if cached is None:
-            cached = ""
-            for resource, name in ADMISSION_OBJECTS:
-                try:
-                    await self.request("GET", f"{ADMISSION_API}/{resource}/{name}")
-                except NotFound:
-                    cached = (f"{resource[:-1]} {name!r} is not installed (deploy/base/admission.yaml); "
-                              "executions cannot run without it")
-                    break
-            self._facts.put("admission", cached)
-        return str(cached)
+        """"" when kexec's admission objects are installed, else what is missing. Once found,
+        believed for ``admission_ttl`` seconds; while missing, asked again after
+        ``facts_ttl`` (so installing them is seen at once)."""
+        now = time.monotonic()
+        if now < self._admission_until:
+            return self._admission_missing
+        missing = ""
+        for resource, name in ADMISSION_OBJECTS:
+            try:
+                await self.request("GET", f"{ADMISSION_API}/{resource}/{name}")
+            except NotFound:
+                missing = (f"{resource[:-1]} {name!r} is not installed (deploy/base/admission.yaml); "
+                           "executions cannot run without it")
+                break
+        self._admission_missing = missing
+        self._admission_until = now + (self._facts.seconds if missing else self.admission_ttl)
+        return missing
 
     async def whoami(self) -> str:
         """The username this client authenticates as (SelfSubjectReview)."""

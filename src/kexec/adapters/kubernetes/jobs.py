@@ -90,7 +90,12 @@ class Jobs(KubernetesApi):
         await self._create(path_for("Job", job.namespace), self.job_manifest(job))
 
     async def get_job(self, namespace: str, name: str) -> JobState | None:
-        job = await self.read(Get("job", ObjectRef("Job", namespace, name)))
+        # The controller's watch-fed Job cache when it has the Job (each change of the Job is
+        # an event that wakes the execution anyway); a GET otherwise: just created and not
+        # yet seen, or really gone.
+        job = self.job_cache(f"{namespace}/{name}") if self.job_cache is not None else None
+        if job is None:
+            job = await self.read(Get("job", ObjectRef("Job", namespace, name)))
         if job is None:
             return None
         status = job.get("status") or {}
@@ -108,7 +113,10 @@ class Jobs(KubernetesApi):
                          success=success, reason=reason, message=message)
         if not finished:
             return state
-        pods = await self.read(List("pods", "Pod", namespace, label_selector=f"{JOB_LABEL}={name}"))
+        pods = self._cached_pods(namespace, name)
+        if not pods:  # not watched, or the watch has not shown the pod's end yet
+            pods = await self.read(List("pods", "Pod", namespace,
+                                        label_selector=f"{JOB_LABEL}={name}"))
         pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp", ""))
         pod_name, exit_code, report = "", None, None
         for pod in reversed(pods):
@@ -128,6 +136,36 @@ class Jobs(KubernetesApi):
         return JobState(name=name, active=state.active, succeeded=state.succeeded,
                         failed=state.failed, finished=True, success=success, reason=reason,
                         message=message, pod_name=pod_name, exit_code=exit_code, report=report)
+
+    def _cached_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The Job's pods from the watch, if one of them shows the runner's end."""
+        if self.pod_cache is None:
+            return []
+        pods = [p for p in self.pod_cache()
+                if (p.get("metadata") or {}).get("namespace") == namespace
+                and ((p.get("metadata") or {}).get("labels") or {}).get(JOB_LABEL) == job]
+        ended = any(cs.get("name") == RUNNER_CONTAINER and (cs.get("state") or {}).get("terminated")
+                    for p in pods for cs in (p.get("status") or {}).get("containerStatuses") or [])
+        return pods if ended else []
+
+
+def lean_job(job: dict[str, Any]) -> dict[str, Any]:
+    """What ``get_job`` reads of a watched Job (its status), for the controller's cache: the
+    pod template with the runner's orders stays on the server."""
+    meta = {k: v for k, v in (job.get("metadata") or {}).items() if k != "managedFields"}
+    return {"apiVersion": job.get("apiVersion"), "kind": job.get("kind"), "metadata": meta,
+            "status": job.get("status") or {}}
+
+
+def lean_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """What ``get_job`` reads of a watched Job pod: its name, labels, creation time and the
+    containers' states (the runner's termination message)."""
+    meta = pod.get("metadata") or {}
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return {"metadata": {k: meta[k] for k in ("name", "namespace", "labels", "resourceVersion",
+                                              "creationTimestamp") if k in meta},
+            "status": {"containerStatuses": [{"name": cs.get("name"), "state": cs.get("state")}
+                                             for cs in statuses]}}
 
 
 def _avoid_nodes(nodes: Sequence[str]) -> dict[str, Any]:

@@ -100,8 +100,8 @@ def controller_cluster_role() -> dict[str, Any]:
             _rule((GROUP,), (f"{PLURAL}/status",), ("update", "patch")),
             _rule((GROUP,), (f"{PLURAL}/finalizers",), ("update",)),
             _rule(("batch",), ("jobs",), ("create", "get", "list", "watch", "delete")),
-            # Job pods: their termination message carries the runner's report.
-            _rule(("",), ("pods",), ("get", "list")),
+            # Job pods: their termination message carries the runner's report (watched).
+            _rule(("",), ("pods",), ("get", "list", "watch")),
             _rule(("",), ("events",), ("create", "patch")),
             _rule(("events.k8s.io",), ("events",), ("create", "patch")),
             # Per-action identities, prepared at run time.
@@ -117,9 +117,9 @@ def controller_cluster_role() -> dict[str, Any]:
             _rule(("rbac.authorization.k8s.io",), ("clusterroles",), ("bind",), roles),
             # Reads and server-side dry runs run AS the action's ServiceAccount.
             _rule(("",), ("serviceaccounts",), ("impersonate",), accounts),
-            # Policy facts (nodes: a watch-fed cache, always fresh for the node rules).
+            # Policy facts (nodes, namespaces: watch-fed caches, always fresh for the rules).
             _rule(("",), ("nodes",), ("get", "list", "watch")),
-            _rule(("",), ("namespaces",), ("get",)),
+            _rule(("",), ("namespaces",), ("get", "list", "watch")),
             # The requester's own permissions (no escalation), and authenticated /metrics.
             _rule(("authentication.k8s.io",), ("tokenreviews",), ("create",)),
             _rule(("authorization.k8s.io",), ("subjectaccessreviews",), ("create",)),
