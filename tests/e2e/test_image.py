@@ -32,15 +32,8 @@ UID = 65532
 
 
 @pytest.fixture(scope="module")
-def image() -> Image:
-    rootfs = os.environ.get("KEXEC_IMAGE_ROOTFS")
-    if not rootfs:
-        proc = subprocess.run(["bash", str(REPO / "hack" / "build-image.sh")], cwd=REPO,
-                              capture_output=True, text=True, timeout=1800, check=False)
-        if proc.returncode != 0:
-            pytest.fail(f"hack/build-image.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}", pytrace=False)
-        rootfs = proc.stdout.splitlines()[-1]
-    return Image.load(rootfs)
+def image(kexec_image_rootfs: Path) -> Image:
+    return Image.load(kexec_image_rootfs)
 
 
 def run(image: Image, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,9 +13,7 @@ Uses $KEXEC_IMAGE_ROOTFS when set (hack/test.sh exports it), else runs hack/buil
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import time
 import urllib.error
 import uuid
@@ -52,19 +50,9 @@ class Stack:
         return self.install.kubectl(*args, input=input)
 
 
-def image_rootfs() -> Path:
-    rootfs = os.environ.get("KEXEC_IMAGE_ROOTFS")
-    if not rootfs:
-        proc = subprocess.run(["bash", str(REPO / "hack" / "build-image.sh")], cwd=REPO,
-                              capture_output=True, text=True, timeout=1800, check=False)
-        if proc.returncode != 0:
-            pytest.fail(f"hack/build-image.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}", pytrace=False)
-        rootfs = proc.stdout.splitlines()[-1]
-    return Path(rootfs)
-
-
 @pytest.fixture(scope="module")
-def stack(bin_dir: Path, postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(bin_dir: Path, kexec_image_rootfs: Path, postgres_server: PostgresServer,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A control plane of its own (the session's runs the harness's controller), two
     simulated nodes that run the kexec image and opa, and a database of its own."""
     work = tmp_path_factory.mktemp("install")
@@ -72,7 +60,7 @@ def stack(bin_dir: Path, postgres_server: PostgresServer, tmp_path_factory: pyte
     cp.start()
     assert cp.kubeconfig is not None
     sim = NodeSimulator(cp.kubeconfig, nodes=2, log_dir=work / "logs", work_dir=work / "sim",
-                        images={"kexec": image_rootfs(), "opa": Image.binary(bin_dir / "opa", work / "opa-image")})
+                        images={"kexec": kexec_image_rootfs, "opa": Image.binary(bin_dir / "opa", work / "opa-image")})
     try:
         sim.start()
         dsn = postgres_server.create_database(f"kexec_install_{uuid.uuid4().hex[:6]}")

@@ -10,6 +10,8 @@ Register with ``pytest_plugins = ["tests.support.plugin"]`` (tests/conftest.py) 
 * ``node_simulator`` -- started :class:`devstack.simulator.NodeSimulator` bound to it
                         (Job pods of the kexec image run from $KEXEC_IMAGE_ROOTFS when set)
 * ``opa_bin``        -- Path of the opa binary
+* ``kexec_image_rootfs`` -- Path of the kexec image's root filesystem ($KEXEC_IMAGE_ROOTFS,
+                        else built by hack/build-image.sh: cached by the sources)
 
 If binaries cannot be obtained or the cluster cannot start, the fixtures FAIL (never skip).
 :func:`required_opa` does the same for a test that needs only the opa binary.
@@ -18,6 +20,7 @@ If binaries cannot be obtained or the cluster cannot start, the fixtures FAIL (n
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +57,19 @@ def opa_bin(bin_dir: Path) -> Path:
     if not p.is_file():
         pytest.fail(f"opa binary missing in {bin_dir}", pytrace=False)
     return p
+
+
+@pytest.fixture(scope="session")
+def kexec_image_rootfs() -> Path:
+    rootfs = os.environ.get("KEXEC_IMAGE_ROOTFS")
+    if not rootfs:
+        repo = Path(__file__).resolve().parents[2]
+        proc = subprocess.run(["bash", str(repo / "hack" / "build-image.sh")], cwd=repo,
+                              capture_output=True, text=True, timeout=1800, check=False)
+        if proc.returncode != 0:
+            pytest.fail(f"hack/build-image.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}", pytrace=False)
+        rootfs = proc.stdout.splitlines()[-1]
+    return Path(rootfs)
 
 
 @pytest.fixture(scope="session")

@@ -36,15 +36,31 @@ async def settle(w: World, names: list[str], namespace: str = NS, *, rounds: int
     return peak
 
 
+async def create_scales(w: World, n: int, prefix: str = "ex", app: str = "web",
+                        *, step: bool = False) -> list[str]:
+    """``n`` scale_deployment executions on Deployments of their own, one second apart
+    (creation order), each reconciled once when ``step``."""
+    names = []
+    for i in range(n):
+        w.cluster.add(deployment(f"{app}{i}"))
+        await w.create("scale_deployment", {"namespace": NS, "deployment": f"{app}{i}",
+                                            "replicas": 3}, name=f"{prefix}{i}")
+        w.clock.advance(1)
+        if step:
+            await w.step(f"{prefix}{i}")
+        names.append(f"{prefix}{i}")
+    return names
+
+
+def with_settings(w: World, settings: Settings) -> ReconcileExecution:
+    """A fresh reconciler (a new process, e.g. after a leader change) with these settings."""
+    w.reconcile = ReconcileExecution(w.cluster, w.policy, w.audit, w.clock, settings)
+    return w.reconcile
+
+
 async def test_nine_at_once_in_one_namespace_all_complete_never_more_than_five() -> None:
     w = World()
-    names = []
-    for i in range(9):
-        w.cluster.add(deployment(f"web{i}"))
-        await w.create("scale_deployment", {"namespace": NS, "deployment": f"web{i}",
-                                            "replicas": 3}, name=f"ex{i}")
-        names.append(f"ex{i}")
-        w.clock.advance(1)
+    names = await create_scales(w, 9)
     # First pass: five get slots, four wait in Pending / Queued naming the limit.
     for name in names:
         await w.step(name)
@@ -85,20 +101,15 @@ async def test_node_limit_one_cordon_at_a_time_and_the_end_wakes_the_next() -> N
 
 async def test_a_new_leader_rebuilds_the_slots_before_admitting() -> None:
     w = World()
-    for i in range(3):
-        w.cluster.add(deployment(f"web{i}"))
-        await w.create("scale_deployment", {"namespace": NS, "deployment": f"web{i}",
-                                            "replicas": 3}, name=f"ex{i}")
-        w.clock.advance(1)
+    await create_scales(w, 3)
     settings = Settings(controller_namespace=TRUSTED, trusted_namespaces=frozenset({TRUSTED}),
                         limits=LimitSettings(per_namespace=2))
-    w.reconcile = ReconcileExecution(w.cluster, w.policy, w.audit, w.clock, settings)
+    with_settings(w, settings)
     await w.step("ex0")
     await w.step("ex1")
     assert (await w.get("ex1")).phase is Phase.PREPARING
     # Leader change: a fresh process knows nothing until it rebuilds from the phases.
-    w.reconcile = ReconcileExecution(w.cluster, w.policy, w.audit, w.clock, settings)
-    await w.reconcile.collect_garbage()
+    await with_settings(w, settings).collect_garbage()
     await w.step("ex2")
     ex2 = await w.get("ex2")
     assert (ex2.phase, ex2.status.reason) == (Phase.PENDING, "Queued")
@@ -122,13 +133,8 @@ async def test_the_knobs_follow_the_live_policy_data() -> None:
     data = {"kexec": {"config": {"max_concurrent_per_namespace": 1}}}
     settings = Settings(controller_namespace=TRUSTED, trusted_namespaces=frozenset({TRUSTED}),
                         policy_data=lambda: data)
-    w.reconcile = ReconcileExecution(w.cluster, w.policy, w.audit, w.clock, settings)
-    for i in range(2):
-        w.cluster.add(deployment(f"web{i}"))
-        await w.create("scale_deployment", {"namespace": NS, "deployment": f"web{i}",
-                                            "replicas": 3}, name=f"ex{i}")
-        w.clock.advance(1)
-        await w.step(f"ex{i}")
+    with_settings(w, settings)
+    await create_scales(w, 2, step=True)
     assert (await w.get("ex1")).status.reason == "Queued"
     data = {"kexec": {"config": {"max_concurrent_per_namespace": 2}}}  # a policy reload
     await w.step("ex1")
@@ -141,13 +147,8 @@ async def test_queued_executions_are_counted_by_limit_for_the_metrics() -> None:
     from kexec.adapters.metrics import QueuedExecutions
 
     w = World()
-    for i in range(7):
-        w.cluster.add(deployment(f"app{i}"))
-        await w.create("scale_deployment", {"namespace": NS, "deployment": f"app{i}",
-                                            "replicas": 3}, name=f"q{i}")
-        w.clock.advance(1)
-    for i in range(7):
-        await w.step(f"q{i}")
+    for name in await create_scales(w, 7, "q", "app"):
+        await w.step(name)
     assert w.reconcile.limits.queued_by_limit() == {"namespace": 2, "action": 0, "nodes": 0}
     registry = CollectorRegistry()
     registry.register(QueuedExecutions(w.reconcile.limits.queued_by_limit))
