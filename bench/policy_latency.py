@@ -125,7 +125,7 @@ def rss_mb() -> float:
 
 
 def memory_child(n: int, threads: int) -> None:
-    """(In a fresh process) RSS before and after n unique decisions; prints one JSON line."""
+    """(In a fresh process, see _CHILD) RSS before and after n unique decisions; prints one JSON line."""
     compiled = CompiledPolicy(load_policy_dir(POLICIES), pool_size=threads)
     docs = controller_inputs(min(n, 500))
     next_index = iter(range(n))
@@ -157,9 +157,25 @@ def memory_child(n: int, threads: int) -> None:
                       "rss_after_mb": round(rss_mb(), 1), "checkpoints": checkpoints}))
 
 
-def measure_memory(n: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], check=True,
-                         capture_output=True, text=True)
+# The child imports as the controller does (kexec.entrypoints.launch, then the
+# controller with aiohttp and kubernetes-asyncio) before measuring; "libstdc++
+# first" loads libstdc++ before rego-cpp, the order that leaks.
+_CHILD = """
+import ctypes, sys
+if {wrong_order}:
+    ctypes.CDLL("libstdc++.so.6")
+from kexec.entrypoints.launch import prepare_controller
+prepare_controller()
+import kexec.entrypoints.controller
+sys.path.insert(0, {bench!r})
+import policy_latency
+policy_latency.memory_child({n}, threads=2)
+"""
+
+
+def measure_memory(n: int, *, wrong_order: bool = False) -> dict[str, Any]:
+    code = _CHILD.format(wrong_order=wrong_order, bench=str(ROOT / "bench"), n=n)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -299,6 +315,7 @@ async def main() -> None:
     embedded.close()
     memory_n = 2 * n if args.memory_decisions is None else args.memory_decisions
     memory = measure_memory(memory_n) if memory_n else None
+    leaky = measure_memory(min(memory_n, 1000), wrong_order=True) if memory_n else None
 
     if args.json_out:
         def p99(engine: str, path: str) -> float:
@@ -327,12 +344,11 @@ async def main() -> None:
     print()
     print(f"Throughput at concurrency 8: embedded {embedded_tput:,.0f}/s (pool of 2), OPA {opa_tput:,.0f}/s")
     if memory:
-        print(f"Memory: RSS {memory['rss_before_mb']} MB -> {memory['rss_after_mb']} MB after {memory['decisions']} "
-              f"unique controller-like decisions on {memory['threads']} threads (per 1,000: {memory['checkpoints']})")
+        for label, m in (("controller's import order", memory), ("libstdc++ loaded first (the leak)", leaky)):
+            assert m is not None
+            print(f"Memory, {label}: RSS {m['rss_before_mb']} MB -> {m['rss_after_mb']} MB after {m['decisions']} "
+                  f"unique controller-like decisions on {m['threads']} threads (per 1,000: {m['checkpoints']})")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
-        memory_child(int(sys.argv[2]), threads=2)
-    else:
-        asyncio.run(main())
+    asyncio.run(main())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -263,3 +265,28 @@ def test_valid_custom_configuration_is_accepted() -> None:
     compiled = CompiledPolicy(config_set(overrides), pool_size=1)
     doc = case_input("max_replicas_at_limit_allow")  # asks for 100 replicas
     assert [v.rule for v in compiled.decide(doc).violations] == ["max_replicas"]
+
+
+_LOAD_ORDER = """
+import sys
+{prelude}
+import kexec.adapters.policy.embedded as embedded
+print(embedded.LOADED_AFTER_LIBSTDCXX)
+"""
+
+
+def _loaded_after_libstdcxx(prelude: str) -> bool:
+    out = subprocess.run([sys.executable, "-c", _LOAD_ORDER.format(prelude=prelude)],
+                         check=True, capture_output=True, text=True, timeout=120)
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_the_controller_command_loads_rego_cpp_before_libstdcxx() -> None:
+    # Loaded after libstdc++, rego-cpp leaks its key strings on every decision (≈ 115 MB
+    # per 1,000: bench/policy_latency.py); `kexec controller` loads it first.
+    controller = ("sys.argv = ['kexec', 'controller', '--help']\n"
+                  "from kexec.entrypoints import launch\n"
+                  "try:\n    launch.main()\nexcept SystemExit:\n    pass\n"
+                  "import kexec.entrypoints.controller")
+    assert not _loaded_after_libstdcxx(controller)
+    assert _loaded_after_libstdcxx("import aiohttp")  # the order that leaks is detected

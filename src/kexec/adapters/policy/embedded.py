@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import re
+import sys
 import threading
 from collections.abc import Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-import regopy  # type: ignore[import-untyped]
-from regopy import Interpreter, LogLevel
-from regopy import rego_shared as _rego_c
 
 from kexec.adapters.policy.bundle import (
     DECISION_PACKAGE,
@@ -45,6 +43,29 @@ from kexec.adapters.policy.bundle import (
 from kexec.application.ports.policy import PolicyUnavailable
 from kexec.domain.policy import PolicyDecision
 
+
+def _libstdcxx_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libstdc++" in line for line in maps)
+    except OSError:
+        return False
+
+
+#: rego-cpp (librego_shared.so) brings its own ``operator new``/``delete`` (snmalloc).
+#: Loaded into a process where libstdc++ is already loaded (aiohttp's and frozenlist's
+#: extensions load it), libstdc++'s own code keeps glibc's allocator while rego-cpp's
+#: frees with snmalloc: strings built by libstdc++ for rego-cpp (``rego::to_key``'s
+#: ostringstream) are never freed, ≈ 115 MB per 1,000 decisions
+#: (bench/policy_latency.py, "Memory"). The controller imports this module first
+#: (``kexec.entrypoints.launch``, checked by a test); an info log says when the order was wrong.
+LOADED_AFTER_LIBSTDCXX = "regopy" not in sys.modules and _libstdcxx_loaded()
+
+import regopy  # type: ignore[import-untyped]  # noqa: E402
+from regopy import Interpreter, LogLevel  # noqa: E402
+from regopy import rego_shared as _rego_c  # noqa: E402
+
+log = logging.getLogger(__name__)
 ENGINE = "embedded"
 _QUERY = f"x = data.{DECISION_PACKAGE}.{DECISION_RULE}"
 _CONFIG_ERRORS_QUERY = f"data.{DECISION_PACKAGE}.config_errors"
@@ -242,6 +263,9 @@ class CompiledPolicy:
             raise ValueError("pool_size must be at least 1")
         self.policy_set = policy_set
         self.version = policy_set.version
+        if LOADED_AFTER_LIBSTDCXX:
+            log.info("rego-cpp was loaded after libstdc++: every decision leaks its key strings "
+                        "(import kexec.adapters.policy.embedded before aiohttp)")
         first = _Slot(policy_set)
         if validate:
             self._validate(first)
