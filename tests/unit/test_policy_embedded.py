@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,14 @@ from kexec.adapters.policy.bundle import (
     policy_set_from_sources,
     smoke_input,
 )
-from kexec.adapters.policy.embedded import CompiledPolicy, EmbeddedPolicy
+from kexec.adapters.policy.embedded import (
+    CompiledPolicy,
+    EmbeddedPolicy,
+    PolicyEvaluationError,
+    _parse_output,
+    _rego_c,
+    _Slot,
+)
 from kexec.application.ports.policy import PolicyUnavailable
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -263,3 +272,51 @@ def test_valid_custom_configuration_is_accepted() -> None:
     compiled = CompiledPolicy(config_set(overrides), pool_size=1)
     doc = case_input("max_replicas_at_limit_allow")  # asks for 100 replicas
     assert [v.rule for v in compiled.decide(doc).violations] == ["max_replicas"]
+
+
+_LOAD_ORDER = """
+import sys
+{prelude}
+import kexec.adapters.policy.embedded as embedded
+print(embedded.LOADED_AFTER_LIBSTDCXX)
+"""
+
+
+def _loaded_after_libstdcxx(prelude: str) -> bool:
+    out = subprocess.run([sys.executable, "-c", _LOAD_ORDER.format(prelude=prelude)],
+                         check=True, capture_output=True, text=True, timeout=120)
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_the_controller_command_loads_rego_cpp_before_libstdcxx() -> None:
+    # Loaded after libstdc++, rego-cpp leaks its key strings on every decision (≈ 115 MB
+    # per 1,000: bench/policy_latency.py); `kexec controller` loads it first.
+    controller = ("sys.argv = ['kexec', 'controller', '--help']\n"
+                  "from kexec.entrypoints import launch\n"
+                  "try:\n    launch.main()\nexcept SystemExit:\n    pass\n"
+                  "import kexec.entrypoints.controller")
+    assert not _loaded_after_libstdcxx(controller)
+    assert _loaded_after_libstdcxx("import aiohttp")  # the order that leaks is detected
+
+
+def test_the_input_reaches_the_engine_as_regopy_would_convert_it() -> None:
+    # _set_input pushes the document through the C API itself; it must build exactly the
+    # value regopy's Interpreter.set_input builds.
+    slot = _Slot(policy_set_from_sources({"echo.rego": "package kexec.safety\n\ndecision := input\n"}))
+    documents: list[Any] = [
+        {"a": [1, 2.5, None, True, False, "é q", {"b": []}], "n": -(2**40), "t": (1, "x"), "s": {"z"}},
+        copy.deepcopy(case_input("max_replicas_at_limit_allow")),
+        [],
+        "text",
+    ]
+    for document in documents:
+        ours = slot.evaluate(document)
+        slot.interpreter.set_input(document)
+        output = _rego_c.rego_bundle_query(slot.interpreter._impl, slot.bundle._impl)
+        try:
+            theirs = _parse_output(bool(_rego_c.rego_output_ok(output)), _rego_c.rego_output_string(output))
+        finally:
+            _rego_c.rego_free_output(output)
+        assert ours == theirs and ours is not None
+    with pytest.raises(PolicyEvaluationError, match="TypeError"):
+        slot.evaluate({"x": object()})

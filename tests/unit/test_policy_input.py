@@ -14,7 +14,7 @@ import pytest
 
 from kexec.adapters.policy.bundle import load_policy_dir
 from kexec.adapters.policy.embedded import CompiledPolicy
-from kexec.application.policy_input import build_policy_input, change_facts
+from kexec.application.policy_input import _read_by_policy, build_policy_input, change_facts
 from kexec.domain.actions import ACTIONS
 from kexec.domain.actions.patch_deployment import patch_change
 from kexec.domain.execution import Execution
@@ -87,6 +87,27 @@ def test_build_policy_input_carries_facts_change_and_trusted_namespaces() -> Non
     assert doc["target"]["labels"] == {"app": "web"}
     decision = CompiledPolicy(load_policy_dir(POLICIES), pool_size=1).decide(doc)
     assert decision.allowed and not decision.requires_approval
+
+
+def test_build_policy_input_carries_only_what_the_rules_read() -> None:
+    spec = {"action": "delete_pod", "parameters": {"deletePod": {"namespace": "shop", "pod": "web-1"}}}
+    ex = Execution("shop", "exec-1", spec=spec, labels={"team": "a"})
+    parsed, action, params = parse_spec(spec)
+    owners = [{"kind": "ReplicaSet", "name": "web-1a", "controller": True}]
+    target = {"kind": "Pod", "metadata": {"name": "web-1", "namespace": "shop", "uid": "u",
+                                          "ownerReferences": owners, "annotations": {"a": "b"}},
+              "spec": {"containers": [{"name": "web", "image": "web:1"}]}, "status": {"phase": "Running"}}
+    doc = build_policy_input(ex, parsed, action, params, {"target": target}, {},
+                             {"shop": 2, "other": 4, "idle": 0}, datetime(2025, 6, 11, 10, 30, tzinfo=UTC))
+    assert doc["target"]["object"] == {"metadata": {"ownerReferences": owners}}
+    assert doc["cluster"]["activeExecutions"] == {"shop": 2}  # only the rate limit's namespace
+    assert doc["execution"]["parameters"] == {}  # the rules read input.change
+    assert set(doc["execution"]) == {"name", "namespace", "action", "parameters", "annotations"}
+    deployment = {"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3, "paused": False}}
+    secret = {"kind": "Secret", "metadata": {"name": "tls"}, "data": {"key": "c2VjcmV0"}}
+    assert _read_by_policy(deployment) == {"spec": {"replicas": 3}}
+    assert _read_by_policy(secret) == {}
+    assert _read_by_policy(None) == {}
 
 
 @pytest.mark.parametrize(

@@ -12,23 +12,53 @@ package kexec.safety
 # is undefined (the argument is evaluated outside the negation), regopy as
 # true. Hence the object.get defaults and the always-defined accessors.
 
-# The requested action; "" when absent or not a string (input_errors says so).
-action := a if {
-	a := input.execution.action
-	is_string(a)
-} else := ""
+# rego-cpp looks a key up by scanning the object's keys (≈ 1 µs per key) and
+# re-evaluates a rule that is undefined at every reference (only a defined
+# value is memoized). So every sub-document of the input is looked up once,
+# here, into an always-defined rule ({} when absent or not an object), the
+# boolean helpers have a `default` (false is remembered, undefined is not),
+# and the rules test the action's facts before anything costlier.
+_execution := x if {
+	x := input.execution
+	is_object(x)
+} else := {}
 
-# Built with object.get so that a missing field yields {} rather than an
-# undefined value (which would make every rule using it undefined).
-_object_at(x, path) := v if {
-	v := object.get(x, path, {})
-	is_object(v)
+_target := x if {
+	x := input.target
+	is_object(x)
+} else := {}
+
+_namespace := x if {
+	x := input.namespace
+	is_object(x)
+} else := {}
+
+_cluster := x if {
+	x := input.cluster
+	is_object(x)
+} else := {}
+
+_time := x if {
+	x := input.time
+	is_object(x)
 } else := {}
 
 # The action's facts (input.action) and the normalized change (input.change).
-facts := _object_at(input, ["action"])
+facts := x if {
+	x := input.action
+	is_object(x)
+} else := {}
 
-change := _object_at(input, ["change"])
+change := x if {
+	x := input.change
+	is_object(x)
+} else := {}
+
+# The requested action; "" when absent or not a string (input_errors says so).
+action := a if {
+	a := _execution.action
+	is_string(a)
+} else := ""
 
 # What the action changes ("replicas", "evictsPods", ...).
 changes := c if {
@@ -41,33 +71,53 @@ has_fact(f) if facts[f] == true
 
 has_fact(f) if f in changes
 
-_known_action if input.action.name == input.execution.action
+_known_action if facts.name == _execution.action
 
-_node_target if object.get(input, ["target", "kind"], "") == "Node"
+default _node_target := false
+
+_node_target if _target.kind == "Node"
 
 trusted_namespaces := t if {
 	t := input.controller.trustedNamespaces
 	is_array(t)
 } else := []
 
-execution_annotations := _object_at(input, ["execution", "annotations"])
+execution_annotations := x if {
+	x := _execution.annotations
+	is_object(x)
+} else := {}
 
-target_labels := _object_at(input, ["target", "labels"])
+target_labels := x if {
+	x := _target.labels
+	is_object(x)
+} else := {}
 
-namespace_labels := _object_at(input, ["namespace", "labels"])
+namespace_labels := x if {
+	x := _namespace.labels
+	is_object(x)
+} else := {}
 
-target_object := _object_at(input, ["target", "object"])
+target_object := x if {
+	x := _target.object
+	is_object(x)
+} else := {}
 
 # Labels the change sets on the target (a manifest's).
-change_labels := _object_at(change, ["labels"])
+change_labels := x if {
+	x := change.labels
+	is_object(x)
+} else := {}
 
 # Every namespace the execution touches: the target's and namespace.name (they
 # agree in well-formed input; a disagreement must not dodge a rule).
 target_namespaces contains ns if {
-	some ns in [
-		object.get(input, ["target", "namespace"], ""),
-		object.get(input, ["namespace", "name"], ""),
-	]
+	ns := _target.namespace
+	is_string(ns)
+	ns != ""
+}
+
+target_namespaces contains ns if {
+	ns := _namespace.name
 	is_string(ns)
 	ns != ""
 }
@@ -75,7 +125,7 @@ target_namespaces contains ns if {
 # The node the execution acts on, if its target is a node.
 target_node_names contains name if {
 	_node_target
-	name := input.target.name
+	name := _target.name
 	is_string(name)
 	name != ""
 }
@@ -119,69 +169,83 @@ scale_down if {
 
 # --- classification -----------------------------------------------------------
 
+default destructive := false
+
 destructive if facts.destructive == true
 
 destructive if scale_down
+
+default production_namespace := false
 
 production_namespace if {
 	namespace_labels[config.production_label_key] == config.production_label_value
 }
 
+default critical_workload := false
+
 critical_workload if target_labels[config.critical_label_key] == config.critical_label_value
 
 critical_workload if change_labels[config.critical_label_key] == config.critical_label_value
+
+default emergency_override := false
 
 emergency_override if execution_annotations[config.emergency_override_annotation] == "true"
 
 # The change may set container images (a patch that touches them, or one that
 # cannot be inspected: input.change.images), or applies a manifest of a
 # workload kind, which sets its images.
+default image_change := false
+
 image_change if change.images == true
 
 image_change if {
 	"manifest" in changes
-	input.target.kind in config.workload_kinds
+	_target.kind in config.workload_kinds
 }
+
+default sensitive_change := false
 
 sensitive_change if facts.sensitive == true
 
 # --- time -----------------------------------------------------------------------
 
-now_ns := _rfc3339_ns(input.time.now) if {
-	is_string(input.time.now)
-	regex.match(_utc_re, input.time.now)
+now_ns := _rfc3339_ns(_time.now) if {
+	is_string(_time.now)
+	regex.match(_utc_re, _time.now)
 }
 
 # Hour windows are half-open [start_hour, end_hour) in UTC on the listed
 # weekdays (Monday=0). A window with start_hour > end_hour runs overnight and
 # belongs to the weekday it starts on.
 # The time fields are well-formed (otherwise input_errors denies).
+default valid_time := false
+
 valid_time if {
-	_int_between(input.time.weekday, 0, 6)
-	_int_between(input.time.hour, 0, 23)
+	_int_between(_time.weekday, 0, 6)
+	_int_between(_time.hour, 0, 23)
 }
 
 in_window(w) if {
 	valid_time
 	w.start_hour < w.end_hour
-	input.time.weekday in w.weekdays
-	w.start_hour <= input.time.hour
-	input.time.hour < w.end_hour
+	_time.weekday in w.weekdays
+	w.start_hour <= _time.hour
+	_time.hour < w.end_hour
 }
 
 in_window(w) if {
 	valid_time
 	w.start_hour > w.end_hour
-	input.time.weekday in w.weekdays
-	input.time.hour >= w.start_hour
+	_time.weekday in w.weekdays
+	_time.hour >= w.start_hour
 }
 
 in_window(w) if {
 	valid_time
 	w.start_hour > w.end_hour
-	previous_weekday := (input.time.weekday + 6) % 7
+	previous_weekday := (_time.weekday + 6) % 7
 	previous_weekday in w.weekdays
-	input.time.hour < w.end_hour
+	_time.hour < w.end_hour
 }
 
 # Absolute windows are half-open [start, end).
@@ -193,9 +257,9 @@ in_window(w) if {
 
 in_business_hours if {
 	bh := config.business_hours
-	input.time.weekday in bh.weekdays
-	bh.start_hour <= input.time.hour
-	input.time.hour < bh.end_hour
+	_time.weekday in bh.weekdays
+	bh.start_hour <= _time.hour
+	_time.hour < bh.end_hour
 }
 
 # --- input validation ---------------------------------------------------------------
@@ -204,41 +268,56 @@ _utc_re := `^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?Z$`
 
 # One rule body on purpose: evaluated on every decision, it must stay cheap
 # (inline comparisons rather than helper functions: rego-cpp pays for every
-# call). input_errors (below) explains a failure; keep the two in step.
-# time.now is checked only where it is used (absolute freeze windows).
+# call, and for every key it scans when it looks a field up, so each
+# sub-document is looked up once into a local). input_errors (below) explains
+# a failure; keep the two in step. time.now is checked only where it is used
+# (absolute freeze windows).
 input_ok if {
-	is_string(input.execution.name)
-	is_string(input.execution.namespace)
-	is_string(input.execution.action)
-	is_object(input.execution.parameters)
+	e := _execution
+	is_string(e.name)
+	is_string(e.namespace)
+	is_string(e.action)
+	is_object(e.parameters)
 	is_object(input.action)
-	is_string(input.action.name)
-	is_string(input.action.targetKind)
-	is_boolean(input.action.clusterScoped)
-	is_boolean(input.action.destructive)
-	is_boolean(input.action.sensitive)
-	is_boolean(input.action.removesCapacity)
-	is_boolean(input.action.restoresCapacity)
-	is_array(input.action.changes)
-	is_boolean(input.change.images)
-	is_object(input.change.labels)
+	a := facts
+	is_string(a.name)
+	is_string(a.targetKind)
+	is_boolean(a.clusterScoped)
+	is_boolean(a.destructive)
+	is_boolean(a.sensitive)
+	is_boolean(a.removesCapacity)
+	is_boolean(a.restoresCapacity)
+	is_array(a.changes)
+	c := change
+	is_boolean(c.images)
+	is_object(c.labels)
 	is_array(input.controller.trustedNamespaces)
-	is_string(input.target.kind)
-	is_string(input.target.namespace)
-	is_string(input.target.name)
-	is_string(input.namespace.name)
-	is_object(input.cluster.activeExecutions)
-	is_array(input.cluster.nodes)
-	is_string(input.time.now)
-	input.time.weekday in {0, 1, 2, 3, 4, 5, 6}
-	is_number(input.time.hour)
-	input.time.hour >= 0
-	input.time.hour <= 23
-	input.time.hour == floor(input.time.hour)
-	is_number(input.time.minute)
-	input.time.minute >= 0
-	input.time.minute <= 59
-	every node in input.cluster.nodes {
+	t := _target
+	is_string(t.kind)
+	is_string(t.namespace)
+	is_string(t.name)
+	is_string(_namespace.name)
+	cl := _cluster
+	is_object(cl.activeExecutions)
+	nodes := cl.nodes
+	is_array(nodes)
+	tm := _time
+	is_string(tm.now)
+	wd := tm.weekday
+	is_number(wd)
+	wd >= 0
+	wd <= 6
+	wd == floor(wd)
+	h := tm.hour
+	is_number(h)
+	h >= 0
+	h <= 23
+	h == floor(h)
+	m := tm.minute
+	is_number(m)
+	m >= 0
+	m <= 59
+	every node in nodes {
 		is_string(node.name)
 		is_boolean(node.ready)
 		is_boolean(node.unschedulable)

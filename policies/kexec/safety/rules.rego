@@ -43,41 +43,46 @@ violation contains {"rule": "protected_namespace", "message": msg} if {
 }
 
 # The trusted namespaces are the controller's (input.controller.trustedNamespaces).
-_trusted_requester if input.execution.namespace in trusted_namespaces
+default _trusted_requester := false
+
+_trusted_requester if _execution.namespace in trusted_namespaces
+
+default _cluster_scoped := false
 
 _cluster_scoped if facts.clusterScoped == true
 
-_cluster_scoped if object.get(input, ["target", "namespace"], "") == ""
+_cluster_scoped if object.get(_target, "namespace", "") == ""
 
 violation contains {"rule": "namespace_scope", "message": msg} if {
 	not _trusted_requester
 	_cluster_scoped
 	_node_target
-	msg := sprintf("node actions may only be requested from a trusted namespace, not %s", [printable(input.execution.namespace)])
+	msg := sprintf("node actions may only be requested from a trusted namespace, not %s", [printable(_execution.namespace)])
 }
 
 violation contains {"rule": "namespace_scope", "message": msg} if {
 	not _trusted_requester
 	_cluster_scoped
 	not _node_target
-	msg := sprintf("cluster-scoped targets may only be changed from a trusted namespace, not %s", [printable(input.execution.namespace)])
+	msg := sprintf("cluster-scoped targets may only be changed from a trusted namespace, not %s", [printable(_execution.namespace)])
 }
 
 violation contains {"rule": "namespace_scope", "message": msg} if {
 	not _trusted_requester
 	some ns in target_namespaces
-	ns != input.execution.namespace
-	msg := sprintf("an execution in namespace %s may not act on namespace %s", [printable(input.execution.namespace), printable(ns)])
+	ns != _execution.namespace
+	msg := sprintf("an execution in namespace %s may not act on namespace %s", [printable(_execution.namespace), printable(ns)])
 }
 
 violation contains {"rule": "rate_limit", "message": msg} if {
-	active := object.get(input, ["cluster", "activeExecutions", input.execution.namespace], 0)
+	active := object.get(_cluster, ["activeExecutions", _execution.namespace], 0)
 	is_number(active)
-	is_number(config.max_concurrent_per_namespace)
-	active >= config.max_concurrent_per_namespace
+	most := config.max_concurrent_per_namespace
+	is_number(most)
+	active >= most
 	msg := sprintf(
 		"namespace %s already has %v active executions (max %v)",
-		[printable(input.execution.namespace), active, config.max_concurrent_per_namespace],
+		[printable(_execution.namespace), active, most],
 	)
 }
 
@@ -86,23 +91,24 @@ violation contains {"rule": "rate_limit", "message": msg} if {
 violation contains {"rule": "max_replicas", "message": msg} if {
 	some r in desired_replicas
 	is_number(r)
-	is_number(config.max_replicas)
-	r > config.max_replicas
-	msg := sprintf("desired replicas %v exceed the maximum of %v", [r, config.max_replicas])
+	most := config.max_replicas
+	is_number(most)
+	r > most
+	msg := sprintf("desired replicas %v exceed the maximum of %v", [r, most])
 }
 
 violation contains {"rule": "critical_scale_to_zero", "message": msg} if {
-	critical_workload
 	some r in desired_replicas
 	r == 0
+	critical_workload
 	msg := sprintf("workloads labelled %s=%s may not be scaled to zero", [printable(config.critical_label_key), printable(config.critical_label_value)])
 }
 
 violation contains {"rule": "critical_min_replicas", "message": msg} if {
-	critical_workload
 	some r in desired_replicas
 	is_number(r)
 	r > 0
+	critical_workload
 	is_number(config.critical_min_replicas)
 	r < config.critical_min_replicas
 	msg := sprintf(
@@ -122,13 +128,13 @@ violation contains {"rule": "bare_pod", "message": msg} if {
 	"deletesPod" in changes
 	not config.allow_bare_pod_deletion
 	count(_owner_references) == 0
-	msg := sprintf("pod %s has no owner and would not be recreated", [printable(input.target.name)])
+	msg := sprintf("pod %s has no owner and would not be recreated", [printable(_target.name)])
 }
 
 # --- nodes ----------------------------------------------------------------------
 
 _nodes := ns if {
-	ns := input.cluster.nodes
+	ns := _cluster.nodes
 	is_array(ns)
 } else := []
 
@@ -146,7 +152,7 @@ _control_plane_node if {
 violation contains {"rule": "control_plane_node", "message": msg} if {
 	facts.removesCapacity == true
 	_control_plane_node
-	msg := sprintf("%s of control-plane node %s is not allowed", [action, printable(input.target.name)])
+	msg := sprintf("%s of control-plane node %s is not allowed", [action, printable(_target.name)])
 }
 
 _counts_toward_capacity(node) if {
@@ -201,7 +207,7 @@ violation contains {"rule": "concurrent_drain", "message": msg} if {
 
 # The kind of an applied manifest is the target's kind ("" when it has none).
 _manifest_kind := k if {
-	k := input.target.kind
+	k := _target.kind
 	is_string(k)
 } else := ""
 
@@ -216,22 +222,25 @@ violation contains {"rule": "manifest_kind_not_allowed", "message": msg} if {
 # --- time windows -----------------------------------------------------------------
 
 # Actions with one of the freeze_exempt_facts (e.g. restoresCapacity) are exempt.
+default _freeze_exempt := false
+
 _freeze_exempt if {
 	some f in config.freeze_exempt_facts
 	has_fact(f)
 }
 
 _time_violation contains {"rule": "change_freeze", "message": msg} if {
-	not _freeze_exempt
 	some w in config.freeze_windows
 	_valid_window(w)
 	in_window(w)
+	not _freeze_exempt
 	msg := sprintf("change freeze %s is in effect", [_window_name(w)])
 }
 
 _time_violation contains {"rule": "outside_business_hours", "message": msg} if {
-	config.business_hours.enabled == true
-	_valid_business_hours(config.business_hours)
+	bh := config.business_hours
+	bh.enabled == true
+	_valid_business_hours(bh)
 	valid_time
 	destructive
 	not in_business_hours
@@ -244,13 +253,13 @@ else := "(unnamed)"
 
 # The emergency override turns time-window denials into an approval requirement.
 violation contains v if {
-	not emergency_override
 	some v in _time_violation
+	not emergency_override
 }
 
 approval contains "emergency_override" if {
-	emergency_override
 	count(_time_violation) > 0
+	emergency_override
 }
 
 # --- deferral ---------------------------------------------------------------------
@@ -260,29 +269,31 @@ approval contains "emergency_override" if {
 # here too (putting a node back does not wait); the emergency override turns a
 # deferral into an approval requirement, as it does a freeze.
 _defer contains msg if {
-	not _freeze_exempt
 	some w in config.maintenance_windows
 	_valid_window(w)
 	in_window(w)
+	not _freeze_exempt
 	msg := sprintf("maintenance window %s is in effect", [_window_name(w)])
 }
 
 defer contains msg if {
-	not emergency_override
 	some msg in _defer
+	not emergency_override
 }
 
 approval contains "emergency_override" if {
-	emergency_override
 	count(_defer) > 0
+	emergency_override
 }
 
 # --- approval ---------------------------------------------------------------------
 
 approval contains "production_destructive" if {
-	production_namespace
 	destructive
+	production_namespace
 }
+
+default _sensitive_scope := false
 
 _sensitive_scope if config.sensitive_changes_scope == "all"
 

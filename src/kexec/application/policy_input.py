@@ -12,13 +12,23 @@ from kexec.domain.resources import Snapshot, meta
 from kexec.domain.spec import ExecutionSpec
 
 
-def _visible(obj: Any) -> Any:
-    """The target as the policy may see it: Secrets without their data."""
+def _read_by_policy(obj: Any) -> dict[str, Any]:
+    """input.target.object: the parts of the current object the rules read
+    (``metadata.ownerReferences``, ``spec.replicas``), as they are.
+
+    Only what a decision depends on is handed to the engine: the embedded engine
+    converts every node of the input on every decision, and a real object (status,
+    template, annotations) is most of it. Secrets' data is never included."""
     if not isinstance(obj, dict):
         return {}
-    if obj.get("kind", "Secret") == "Secret" and ("data" in obj or "stringData" in obj):
-        return {k: v for k, v in obj.items() if k not in ("data", "stringData")}
-    return obj
+    view: dict[str, Any] = {}
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict) and "ownerReferences" in metadata:
+        view["metadata"] = {"ownerReferences": metadata["ownerReferences"]}
+    spec = obj.get("spec")
+    if isinstance(spec, dict) and "replicas" in spec:
+        view["spec"] = {"replicas": spec["replicas"]}
+    return view
 
 
 def change_facts(action: Action[Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,38 +48,36 @@ def build_policy_input(
     trusted_namespaces: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The policy input; ``trusted_namespaces`` are the controller's (settings), the only
-    namespaces whose executions may act on other namespaces or cluster-scoped targets."""
+    namespaces whose executions may act on other namespaces or cluster-scoped targets.
+
+    It carries what the rules read and no more (policies/README.md, "The input
+    document"): the engine's cost grows with the input's size."""
     target = action.target(params)
     obj = snap.get("target")
     m = meta(obj)
-    parameters = action.to_dict(params)
+    active = active_by_namespace.get(ex.namespace, 0)
     return {
         "action": action.policy_facts(),
-        "change": change_facts(action, parameters),
+        "change": change_facts(action, action.to_dict(params)),
         "controller": {"trustedNamespaces": sorted(set(trusted_namespaces))},
         "execution": {
             "name": ex.name,
             "namespace": ex.namespace,
             "action": action.name,
-            "parameters": parameters,
-            "labels": dict(ex.labels),
+            "parameters": {},
             "annotations": dict(ex.annotations),
-            "dryRun": spec.dry_run,
-            "rollbackOf": spec.rollback_of,
         },
         "target": {
             "kind": target.kind,
             "namespace": target.namespace,
             "name": target.name,
-            "exists": obj is not None,
             "labels": dict(m.get("labels") or {}),
-            "annotations": dict(m.get("annotations") or {}),
-            "object": _visible(obj),
+            "object": _read_by_policy(obj),
         },
         "namespace": facts.get("namespace") or {"name": target.namespace, "labels": {}},
         "cluster": {
             "nodes": facts.get("nodes") or [],
-            "activeExecutions": active_by_namespace,
+            "activeExecutions": {ex.namespace: active} if active else {},
         },
         "time": {
             "now": iso(now),

@@ -14,6 +14,14 @@ def main() -> None:
         from kexec.entrypoints.runner import main as runner_main
 
         sys.exit(runner_main())
+    if sys.argv[1:2] == ["controller"]:
+        prepare_controller()
     from kexec.entrypoints.cli import main as cli_main
 
     cli_main()
+
+
+def prepare_controller() -> None:
+    """Load rego-cpp before anything loads libstdc++ (aiohttp's extensions do): loaded
+    after it, every embedded decision leaks (kexec.adapters.policy.embedded)."""
+    import kexec.adapters.policy.embedded  # noqa: F401
