@@ -1,7 +1,9 @@
 """The ``kexec`` command: ``kexec runner`` (every Job pod) starts without loading the CLI.
 
 The CLI imports click, rich, yaml, the controller and kubernetes-asyncio (≈ 0.6 s CPU,
-≈ 90 MB); the runner needs none of it (``entrypoints/runner.py``).
+≈ 90 MB); the runner needs none of it (``entrypoints/runner.py``). Everything else loads
+only the part of kubernetes-asyncio kexec uses (``adapters/kubernetes/client_only.py``:
+the controller starts with ≈ 32 MB and 0.4 s less).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ def main() -> None:
         from kexec.entrypoints.runner import main as runner_main
 
         sys.exit(runner_main())
+    from kexec.adapters.kubernetes.client_only import install
+
+    install()
     from kexec.entrypoints.cli import main as cli_main
 
     cli_main()
