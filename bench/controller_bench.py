@@ -19,6 +19,8 @@ import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -176,6 +178,22 @@ class RssSampler:
         return self.peak
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU so far (``/proc/PID/stat``)."""
+    usage = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(usage[11]) + int(usage[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def phase_counts(text: str) -> dict[str, float]:
+    """Reconcile steps by the phase they started in (the step histogram's counts)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r'^kexec_reconcile_seconds_count\{phase="([^"]+)"\} ([0-9.e+]+)$', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
 def rss_peak_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -183,7 +201,16 @@ def rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, port: int) -> dict[str, Any]:
+def profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the controller into a collapsed-stack file (``--profile``)."""
+    return subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                             str(pid), "--rate", "100", "--format", "raw", "--nonblocking",
+                             "--output", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, port: int,
+                pid: int, profile: str = "") -> dict[str, Any]:
     cfg = await load_configuration(str(k.cp.kubeconfig), pool_size=64)
     results: dict[str, Any] = {}
     async with ApiClient(cfg) as api:
@@ -228,6 +255,9 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
             text_before = metrics(port, token)
             before = counter(text_before, "kexec_api_requests_total")
             kinds_before = counter(text_before, "kexec_api_request_kinds_total", "kind")
+            phases_before = phase_counts(text_before)
+            cpu_before = cpu_seconds(pid)
+            spy = profiler(pid, Path(profile) / f"{label}.txt") if profile else None
             names = [(f"bench-burst-{i % 10}", f"{label[:3]}-{i}", f"cm-{i // 10}") for i in range(n)]
             t0 = time.monotonic()
             sem = asyncio.Semaphore(32)
@@ -251,6 +281,10 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
                 await asyncio.sleep(0.1)
             total = time.monotonic() - t0
             await asyncio.sleep(2)  # what follows the end (finalizer released) is counted too
+            cpu = cpu_seconds(pid) - cpu_before
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(30)
             text_after = metrics(port, token)
             after = counter(text_after, "kexec_api_requests_total")
             kinds = {k: (v - kinds_before.get(k, 0)) / n
@@ -270,6 +304,11 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
                 "gets_per_execution": per.get("GET", 0.0),
                 "reconciles_per_execution": (metric_sum(text_after, "kexec_reconcile_total")
                                              - metric_sum(text_before, "kexec_reconcile_total")) / n,
+                "reconciles_by_phase": {p: round((v - phases_before.get(p, 0)) / n, 3)
+                                        for p, v in phase_counts(text_after).items()
+                                        if v != phases_before.get(p, 0)},
+                # the controller's CPU from the first create to 2 s after the last end
+                "cpu_per_execution_s": cpu / n,
             }
         await execs.stop()
         await jobs.stop()
@@ -283,6 +322,8 @@ def main() -> int:
     parser.add_argument("--dry-burst", type=int, default=1000, help="dryRun executions at once")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--json-out", help="also write the results to this JSON file")
+    parser.add_argument("--profile", default="", help="directory: py-spy collapsed stacks of "
+                        "the controller during each burst (py-spy from PyPI)")
     args = parser.parse_args()
     with ControlPlane() as cp, PostgresServer() as pg:
         sim = NodeSimulator(cp.kubeconfig, nodes=3, log_dir=cp.log_dir)
@@ -310,10 +351,12 @@ def main() -> int:
             time.sleep(3)
             idle = RssSampler(proc.pid)._sample()
             sampler = RssSampler(proc.pid)
-            res = asyncio.run(bench(k, args.latency, args.burst, args.dry_burst, "bench-token", k.http_port))
+            cpu_idle = cpu_seconds(proc.pid)
+            res = asyncio.run(bench(k, args.latency, args.burst, args.dry_burst, "bench-token",
+                                    k.http_port, proc.pid, args.profile))
             res["rss_peak_mb"] = rss_peak_mb(proc.pid)
-            usage = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            res["controller_cpu_s"] = (int(usage[11]) + int(usage[12])) / os.sysconf("SC_CLK_TCK")
+            res["controller_cpu_s"] = cpu_seconds(proc.pid)
+            res["controller_cpu_start_s"] = cpu_idle
             res["rss_idle"] = idle
             res["rss_at_peak"] = sampler.stop()
         finally:
@@ -340,7 +383,10 @@ def main() -> int:
         print(f"| API requests per execution, {what} | ≤ 10 writes, ≤ 3 GETs, ≤ 8 reconciles | "
               f"{b['writes_per_execution']:.1f} writes (persisted, Events included), "
               f"{b['gets_per_execution']:.1f} GETs, {b['reconciles_per_execution']:.1f} reconciles; "
-              f"{b['reviews_per_execution']:.1f} access reviews; by method: {per} |")
+              f"{b['reviews_per_execution']:.1f} access reviews; by method: {per}; reconciles by "
+              f"phase: {b['reconciles_by_phase']} |")
+        print(f"| controller CPU per execution, {what} (from /proc) | ≤ 10 ms | "
+              f"{b['cpu_per_execution_s'] * ms:.1f} ms |")
     at = res["rss_at_peak"]
     print(f"| controller peak RSS (VmHWM) | ≤ 150 MB | {res['rss_peak_mb']:.0f} MB (idle after start "
           f"{res['rss_idle'].get('VmRSS_mb', 0):.0f} MB; at the peak: anonymous {at.get('RssAnon_mb', 0):.0f} MB, "

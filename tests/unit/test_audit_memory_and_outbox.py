@@ -203,6 +203,22 @@ class TestOutboxOutage:
         assert store.execution("u1").phase == PHASES[2]  # type: ignore[union-attr]
         assert store.execution("u2").phase == PHASES[3]  # type: ignore[union-attr]
 
+    async def test_a_confirmation_after_an_outage_is_announced_per_execution(
+        self, store: InMemoryAudit, outbox: OutboxAudit
+    ) -> None:
+        confirmed: list[str] = []
+        outbox.on_confirmed = confirmed.append
+        await record_all(outbox, "u1", 1)
+        assert confirmed == ["u1", "u1"]  # each record confirmed inline
+        confirmed.clear()
+        store.down = True
+        await outbox.record(execution("u1", 2), transitions("u1", 2))
+        await record_all(outbox, "u2", 3)
+        assert confirmed == []  # nothing confirmed while the store is down
+        store.down = False
+        assert await outbox.flush(max_wait=2)
+        assert sorted(confirmed) == ["u1", "u2"]  # once each, when the re-send got through
+
     async def test_while_degraded_record_does_not_touch_the_store(
         self, store: InMemoryAudit, registry: CollectorRegistry
     ) -> None:

@@ -9,7 +9,7 @@ from kexec.adapters.policy.fake import FakePolicy
 from kexec.application.ports.cluster import Conflict
 from kexec.domain.actions import ACTIONS
 from kexec.domain.errors import SafetyViolation
-from kexec.domain.execution import Execution
+from kexec.domain.execution import FINALIZER, Execution
 from kexec.domain.phases import Phase
 from kexec.domain.resources import ObjectRef
 from kexec.domain.safety import REDACTED, check_namespace, holder_of, redact, secret_values
@@ -139,3 +139,25 @@ def test_redaction_blanks_secret_data_and_known_values() -> None:
     out = redact({"obj": secret, "msg": "failed with tok-123456 inside"}, values)
     assert out["obj"]["data"] == {"token": REDACTED}
     assert out["msg"] == f"failed with {REDACTED} inside"
+
+
+async def test_the_audit_finalizer_comes_from_admission_and_is_added_when_missing() -> None:
+    w = World()
+    await w.create("scale_deployment", SCALE, name="stamped")
+    assert FINALIZER in (await w.get("stamped")).finalizers  # kexec-requester adds it
+    puts = w.cluster.counter.by_kind["KubernetesExecution"]  # the create
+    await w.step("stamped")
+    assert w.cluster.counter.by_kind["KubernetesExecution"] == puts  # no PUT for it
+    # Without admission (or on an older object) the controller adds it before any status
+    # write, so even the fail-closed transition is kept until the audit store has it.
+    w.cluster.admission_missing = "mutatingadmissionpolicy 'kexec-requester' is not installed"
+    await w.create("scale_deployment", SCALE, name="bare")
+    assert FINALIZER not in (await w.get("bare")).finalizers
+    puts = w.cluster.counter.by_kind["KubernetesExecution"]
+    await w.step("bare")
+    bare = await w.get("bare")
+    assert (bare.phase, wire(bare)["reason"]) == (Phase.FAILED, "RequesterUnknown")
+    # added, then dropped in the same step: the store confirmed the trail at once
+    assert w.cluster.counter.by_kind["KubernetesExecution"] == puts + 2
+    assert FINALIZER not in bare.finalizers
+    assert await w.audit.confirmed_transitions(bare.uid) == bare.status.next_seq

@@ -215,8 +215,8 @@ async def test_two_validations_behind_a_stale_cache_never_both_pass() -> None:
     stale = [await w.get("y-first")]  # the cache has not seen the second one yet
     real = w.cluster.list_executions
 
-    async def cached() -> list[Any]:
-        return [e.copy() for e in stale]
+    async def cached(*, active: bool = False) -> list[Any]:
+        return [e.copy() for e in stale if not (active and e.terminal)]
 
     w.cluster.list_executions = cached  # type: ignore[method-assign]
     await w.step("y-first")

@@ -7,7 +7,10 @@ removed when the last execution that needs it leaves those phases. Several
 executions may share one binding; the holders are counted in process (only
 the leader reconciles) and checked against every execution's phase, so a new
 leader never removes a binding that a running execution still needs, and
-``collect_garbage`` removes what a crashed leader left behind.
+``collect_garbage`` removes what a crashed leader left behind. A new execution
+(no phase yet: it validates as soon as a worker takes it) counts as needing
+the binding too, so a burst in one namespace binds once instead of making,
+awaiting and removing the binding for every execution.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ class Grants:
 
 
 def _needs(ex: Execution, key: GrantKey) -> bool:
-    return ex.phase in NEEDS_BINDING and not ex.deleting and grant_key(ex) == key
+    return ((ex.phase is None or ex.phase in NEEDS_BINDING) and not ex.deleting
+            and grant_key(ex) == key)
 
 
 class TargetClaims:

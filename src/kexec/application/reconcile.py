@@ -13,7 +13,7 @@ The steps live in ``validate.py`` (Pending/Validating) and ``run_steps.py``
 
 from __future__ import annotations
 
-from kexec.application.ports.audit import AuditUnavailable
+from kexec.application.grants import NEEDS_BINDING
 from kexec.application.run_steps import RunSteps, job_name
 from kexec.application.step import DONE, StepResult
 from kexec.application.validate import ValidationStep
@@ -31,6 +31,8 @@ class ReconcileExecution(ValidationStep, RunSteps):
         if ex.deleting:
             self.claims.release(ex)
             self.limits.ended(ex)
+            if ex.phase is None or ex.phase in NEEDS_BINDING:  # deleted before it ended
+                await self.grants.release(ex, await self.cluster.list_executions(active=True))
             return await self._release(ex)
         if ex.terminal:
             return await self._release(ex) if FINALIZER in ex.finalizers else DONE
@@ -66,19 +68,3 @@ class ReconcileExecution(ValidationStep, RunSteps):
         self.limits.rebuild(executions)
         return await self.grants.collect_garbage(executions)
 
-    async def _release(self, ex: Execution) -> StepResult:
-        """Drop the audit finalizer once the store holds every transition."""
-        if FINALIZER not in ex.finalizers:
-            return DONE
-        await self.record_audit(ex)
-        want = ex.status.next_seq
-        try:
-            have = await self.audit.confirmed_transitions(ex.uid)
-        except AuditUnavailable:
-            return StepResult(requeue_after=5.0)
-        if have < want:
-            return StepResult(requeue_after=5.0)
-        new = ex.copy()
-        new.finalizers.remove(FINALIZER)
-        saved = await self.cluster.update_execution(new)
-        return StepResult(wrote=True, resource_version=saved.resource_version)

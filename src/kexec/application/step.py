@@ -18,7 +18,7 @@ from kexec.application.ports.metrics import Metrics, NoMetrics
 from kexec.application.ports.policy import PolicyPort, PolicyUnavailable
 from kexec.application.settings import Settings
 from kexec.domain.actions import ACTIONS
-from kexec.domain.execution import Execution
+from kexec.domain.execution import FINALIZER, Execution
 from kexec.domain.phases import Phase
 from kexec.domain.policy import PolicyDecision
 from kexec.domain.safety import target_of
@@ -36,6 +36,9 @@ class StepResult:
 
 
 DONE = StepResult()
+# An ended execution whose trail the audit store has not confirmed yet looks again this
+# often (the outbox re-sends meanwhile, and wakes it when it gets through).
+AUDIT_RECHECK_SECONDS = 5.0
 
 
 def action_label(ex: Execution) -> str:
@@ -142,9 +145,33 @@ class StepBase:
             self.claims.release(saved)
         if saved.phase not in NEEDS_BINDING and ex.phase in NEEDS_BINDING | {None, Phase.PENDING}:
             # Left the phases that use the identity: drop its binding when nobody needs it.
-            await self.grants.release(saved, await self.cluster.list_executions())
-        return StepResult(requeue_after=None if saved.terminal else requeue, wrote=True,
+            await self.grants.release(saved, await self.cluster.list_executions(active=True))
+        if saved.terminal:
+            # Ended: let deletion through as soon as the trail is complete (in this same
+            # step when the store confirmed it already, as it does while healthy).
+            released = await self._release(saved)
+            return released if released.wrote else StepResult(
+                requeue_after=released.requeue_after, wrote=True,
+                resource_version=saved.resource_version)
+        return StepResult(requeue_after=requeue, wrote=True,
                           resource_version=saved.resource_version)
+
+    async def _release(self, ex: Execution) -> StepResult:
+        """Drop the audit finalizer once the store holds every transition."""
+        if FINALIZER not in ex.finalizers:
+            return DONE
+        await self.record_audit(ex)
+        want = ex.status.next_seq
+        try:
+            have = await self.audit.confirmed_transitions(ex.uid)
+        except AuditUnavailable:
+            return StepResult(requeue_after=AUDIT_RECHECK_SECONDS)
+        if have < want:
+            return StepResult(requeue_after=AUDIT_RECHECK_SECONDS)
+        new = ex.copy()
+        new.finalizers.remove(FINALIZER)
+        saved = await self.cluster.update_execution(new)
+        return StepResult(wrote=True, resource_version=saved.resource_version)
 
     def _observe(self, ex: Execution, saved: Execution) -> None:
         """Metrics of what this write changed: transitions, the Job, the end."""

@@ -7,6 +7,7 @@ makes is the per-action binding (removed again unless the execution goes on).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -69,8 +70,10 @@ class ValidationStep(StepBase):
             new.reject("Validated", exc.reason, exc.message, now)
             return await self._commit(ex, new)
 
-        others = await self.cluster.list_executions()
-        holder = holder_of(ex, others)
+        # Not terminal: what the target, the slots and the queues depend on. The ended ones
+        # too only when the storm brake or the cooldown counts them for this action.
+        live = await self.cluster.list_executions(active=True)
+        holder = holder_of(ex, live)
         if holder is not None:
             return await self._hold(ex, "TargetBusy",
                                     f"waiting for {holder.key} which acts on the same target",
@@ -80,12 +83,14 @@ class ValidationStep(StepBase):
             return await self._hold(ex, "TargetBusy",
                                     f"waiting for {busy} which acts on the same target",
                                     self.settings.requeue_busy_seconds, new=new)
+        others = (await self.cluster.list_executions()
+                  if self._counts_history(ex, action) else live)
         cooldown = self.brake.cooldown(ex, others, now)
         if cooldown is not None:
             return await self._hold(ex, cooldown.reason, cooldown.message,
                                     cooldown.requeue_seconds, new=new)
         if not self.limits.ready:
-            self.limits.rebuild(others)  # before admitting anything in this term
+            self.limits.rebuild(live)  # before admitting anything in this term
         nodes = await self._schedulable_nodes(action)
         braked = self.brake.check(ex, others, now, None)
         if braked is not None:  # tripped: has an operator released it?
@@ -102,7 +107,7 @@ class ValidationStep(StepBase):
         # Out of the brake's queue (on, or into a limit's queue): the next ones look again.
         cleared = new.storm_brake_cleared(now)
         # From the brake check to here nothing awaits: a burst cannot overtake the count.
-        queued = self.limits.admit(ex, others, nodes, reserve=True)
+        queued = self.limits.admit(ex, live, nodes, reserve=True)
         if queued is None:
             self.brake.started(ex, now)
         if cleared:
@@ -112,9 +117,10 @@ class ValidationStep(StepBase):
                                     new=new)
         if not trusted:
             # No privilege escalation: kexec does for a requester only what they may do.
-            denied = [str(p) for p in requester_permissions(action, params)
-                      if not await self.cluster.access_allowed(ex.requester,
-                                                               ex.requester_groups, p)]
+            wanted = requester_permissions(action, params)
+            answers = await asyncio.gather(*(  # one round trip's wait, not one per verb
+                self.cluster.access_allowed(ex.requester, ex.requester_groups, p) for p in wanted))
+            denied = [str(p) for p, ok in zip(wanted, answers, strict=True) if not ok]
             if denied:
                 new.reject("Validated", "RequesterForbidden",
                            f"{ex.requester} may not do this themselves: missing "
@@ -176,6 +182,12 @@ class ValidationStep(StepBase):
                       before=redact(action.summarize(snap.get("target")), secrets),
                       requires_approval=decision.requires_approval, now=now)
         return await self._commit(ex, new)
+
+    def _counts_history(self, ex: Execution, action: Action[Any]) -> bool:
+        """Whether the storm brake or the cooldown looks at ended executions for ``ex``
+        (both pass a dry run and an action they are off for without looking)."""
+        return not ex.spec.get("dryRun") and (
+            self.brake.enabled(action.name) or self.limits.settings.cooldown(action.name) > 0)
 
     async def _brake_releases(self, now: Any) -> dict[str, Release]:
         """The operator's releases (read at most every few seconds); each one seen is

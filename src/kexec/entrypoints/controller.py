@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from kexec.adapters.kubernetes.jobs import lean_job, lean_pod
-from kexec.adapters.kubernetes.wire import to_execution
+from kexec.adapters.kubernetes.wire import cached_execution, execution_of
 from kexec.adapters.metrics import (
     ActiveExecutions,
     QueuedExecutions,
@@ -31,7 +31,7 @@ from kexec.adapters.metrics import (
 from kexec.application.ports.cluster import Conflict, NotFound
 from kexec.application.reconcile import ReconcileExecution
 from kexec.application.step import log_fields
-from kexec.domain.execution import GROUP, PLURAL, VERSION, Execution
+from kexec.domain.execution import FINALIZER, GROUP, PLURAL, VERSION, Execution
 from kexec.domain.naming import CONTROLLER_NAMESPACE
 from kexec.entrypoints.cli_logging import log_context
 from kexec.entrypoints.container import Container, build_container, start_resources, stop_resources
@@ -83,6 +83,8 @@ class Controller:
         self.config: Informer | None = None
         self.reconcile: ReconcileExecution | None = None
         self.written: dict[str, str] = {}  # key → resourceVersion of our last write
+        self.active: dict[str, Execution] = {}  # the cached executions not terminal
+        self.releasing: dict[str, str] = {}  # uid → key: ended, the audit trail unconfirmed
         self.leading = asyncio.Event()
         self.stopping = asyncio.Event()
         self.reconciles = Counter("kexec_reconcile_total", "Reconcile steps",
@@ -96,9 +98,21 @@ class Controller:
 
     # --- event plumbing ---------------------------------------------------------------
     def _on_execution(self, type_: str, obj: dict[str, Any]) -> None:
-        self.queue.add(object_key(obj))
+        key, ex = object_key(obj), execution_of(obj)
+        if type_ == "DELETED" or ex.terminal:
+            self.active.pop(key, None)
+        else:
+            self.active[key] = ex
+        if not _settled(ex):
+            self.queue.add(key)
         if type_ == "DELETED" and self.reconcile is not None:
-            self.reconcile.limits.ended(to_execution(obj))
+            self.reconcile.limits.ended(ex)
+
+    def _confirmed(self, uid: str) -> None:
+        """The audit store confirmed an execution's trail: one waiting to drop its
+        finalizer goes on now (not at its next recheck)."""
+        if (key := self.releasing.pop(uid, None)) is not None:
+            self.queue.add(key)
 
     def _wake(self, freed: Execution) -> None:
         """A slot freed (or a place in a queue): requeue the executions waiting behind it
@@ -133,11 +147,13 @@ class Controller:
         obj = self.executions.get(key)
         if obj is None:
             return None
-        if _older((obj.get("metadata") or {}).get("resourceVersion"), self.written.get(key)):
-            # Our cache has not caught up with our own last write (its watch event is on the
-            # way): acting on the stale copy would only earn a 409.
-            return 0.2
-        execution = to_execution(obj)
+        execution = execution_of(obj)
+        if _settled(execution):
+            return None  # e.g. queued by the event of the status write that ended it
+        if _older(execution.resource_version, self.written.get(key)):
+            # Our cache lags our own last write: acting on it would earn a 409. That write's
+            # watch event (or a re-list's replay of it) brings the key back.
+            return None
         phase = execution.phase.value if execution.phase else "New"
         with self.step_seconds.labels(phase).time(), log_context(**log_fields(execution),
                                                                  step=phase):
@@ -154,6 +170,8 @@ class Controller:
                 self.reconciles.labels("error").inc()
                 raise
         self.reconciles.labels("ok").inc()
+        if result.requeue_after and (execution.terminal or execution.deleting):
+            self.releasing[execution.uid] = key  # the audit outbox wakes it (_confirmed)
         if result.wrote and result.resource_version:
             self.written[key] = result.resource_version
         else:
@@ -169,7 +187,7 @@ class Controller:
         assert self.executions is not None and self.reconcile is not None
         # Nothing lost: re-send every execution's transitions (idempotent), then work.
         for obj in list(self.executions.cache.values()):
-            await self.reconcile.record_audit(to_execution(obj))
+            await self.reconcile.record_audit(execution_of(obj))
         # Zero standing privilege: remove bindings a crashed leader left behind.
         try:
             removed = await self.reconcile.collect_garbage()
@@ -195,7 +213,7 @@ class Controller:
         # what is read of its objects.
         lean = drop_managed_fields
         self.executions = Informer(api, GROUP, VERSION, PLURAL, on_event=self._on_execution,
-                                   name="executions", transform=lean)
+                                   name="executions", transform=cached_execution)
         self.jobs = Informer(api, "batch", "v1", "jobs", label_selector=JOB_SELECTOR,
                              on_event=self._on_job, name="jobs", transform=lean_job)
         self.nodes = Informer(api, "", "v1", "nodes", name="nodes", transform=lean)
@@ -207,9 +225,11 @@ class Controller:
                                name="kill switch", transform=lean)
         informers = (self.executions, self.jobs, self.nodes, self.pods, self.namespaces,
                      self.config)
-        executions, nodes = self.executions, self.nodes
+        executions, nodes, active = self.executions, self.nodes, self.active
         self.registry.register(ActiveExecutions(lambda: phases_of(executions.cache.values())))
-        self.container.config.execution_cache.from_value(lambda: list(executions.cache.values()))
+        self.container.config.execution_cache.from_value(
+            lambda only_active: active.values() if only_active
+            else map(execution_of, executions.cache.values()))
         self.container.config.node_cache.from_value(lambda: list(nodes.cache.values()))
         # (functions, not bound methods: the configuration deep-copies what it is given)
         jobs, pods, namespaces, config = self.jobs, self.pods, self.namespaces, self.config
@@ -223,6 +243,8 @@ class Controller:
         self.registry.register(QueuedExecutions(limits.queued_by_limit))
         self.reconcile.limits.on_free = self._wake
         audit = await resolve(self.container.audit())
+        if hasattr(audit, "on_confirmed"):
+            audit.on_confirmed = self._confirmed
         await self._migrate()
         await audit.start()
         policy_source = await self._watch_policy(api)
@@ -315,38 +337,22 @@ class Controller:
     async def _serve_http(self, api: Any) -> Any:
         if not self.cfg.http_port:
             return None
-        from kexec.runtime.http import make_app, metrics_auth, serve
+        from kexec.runtime.http import metrics_auth, serve_endpoints
 
         cfg = self.cfg
-        auth = metrics_auth(api, token_file=cfg.metrics_token_file or None)
-        if (cfg.metrics_host, cfg.metrics_port) == (cfg.http_host, cfg.http_port):
-            return await serve(make_app(self.registry, self.ready, auth),
-                               cfg.http_host, cfg.http_port)
-        probes = await serve(make_app(self.registry, self.ready, auth, metrics=False),
-                             cfg.http_host, cfg.http_port)
-        if not cfg.metrics_port:
-            return probes
-        try:
-            metrics = await serve(make_app(self.registry, self.ready, auth, probes=False),
-                                  cfg.metrics_host, cfg.metrics_port)
-        except OSError:
-            await probes.stop()
-            raise
-        return _Servers((probes, metrics))
-
-
-@dataclass
-class _Servers:
-    handles: tuple[Any, ...]
-
-    async def stop(self) -> None:
-        for handle in self.handles:
-            await handle.stop()
+        return await serve_endpoints(
+            self.registry, self.ready, metrics_auth(api, token_file=cfg.metrics_token_file or None),
+            (cfg.http_host, cfg.http_port), (cfg.metrics_host, cfg.metrics_port))
 
 
 def _job_finished(job: dict[str, Any]) -> bool:
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def _settled(ex: Execution) -> bool:
+    """Ended, its audit finalizer released: never acted on again (no reconcile needed)."""
+    return ex.terminal and not ex.deleting and FINALIZER not in ex.finalizers
 
 
 def _older(cached: Any, written: str | None) -> bool:
@@ -380,17 +386,15 @@ async def run_controller(cfg: ControllerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stopping.set)
-    if os.environ.get("KEXEC_TRACEMALLOC"):  # diagnostics: top allocations at exit
-        import tracemalloc
+    import tracemalloc  # diagnostics with $KEXEC_TRACEMALLOC: top allocations at exit
 
+    if traced := bool(os.environ.get("KEXEC_TRACEMALLOC")):
         tracemalloc.start()
     try:
         await controller.run()
     finally:
         await stop_resources(container)
-        if os.environ.get("KEXEC_TRACEMALLOC"):
-            import tracemalloc
-
+        if traced:
             log.info("memory: traced now/peak %s", tracemalloc.get_traced_memory())
             for stat in tracemalloc.take_snapshot().statistics("lineno")[:15]:
                 log.info("memory: %s", stat)

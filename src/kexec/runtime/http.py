@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
-from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -163,28 +162,36 @@ class KubernetesAuth:
 
     async def _review(self, token: str) -> AuthResult:
         self.reviews += 1
-        review = await k8s.AuthenticationV1Api(self.api_client).create_token_review(
-            k8s.V1TokenReview(spec=k8s.V1TokenReviewSpec(token=token,
-                                                        audiences=self.audiences)),
-            _request_timeout=self.request_timeout,
-        )
-        st = review.status
-        if st is None or not st.authenticated or st.user is None:
-            return AuthResult(Decision.UNAUTHENTICATED,
-                              reason=(st.error if st is not None else None) or "invalid token")
-        user = st.user
-        sar = await k8s.AuthorizationV1Api(self.api_client).create_subject_access_review(
-            k8s.V1SubjectAccessReview(spec=k8s.V1SubjectAccessReviewSpec(
-                user=user.username, groups=user.groups, uid=user.uid, extra=user.extra,
-                non_resource_attributes=k8s.V1NonResourceAttributes(path=self.path,
-                                                                    verb=self.verb),
-            )),
-            _request_timeout=self.request_timeout,
-        )
-        if sar.status is not None and sar.status.allowed:
-            return AuthResult(Decision.ALLOWED, user.username)
-        reason = (sar.status.reason if sar.status is not None else None) or ""
-        return AuthResult(Decision.FORBIDDEN, user.username, reason)
+        spec: dict[str, Any] = {"token": token}
+        if self.audiences is not None:
+            spec["audiences"] = list(self.audiences)
+        review = await self._post("/apis/authentication.k8s.io/v1/tokenreviews", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec})
+        st = review.get("status") or {}
+        user = st.get("user") or {}
+        if not st.get("authenticated") or not user:
+            return AuthResult(Decision.UNAUTHENTICATED, reason=st.get("error") or "invalid token")
+        username = str(user.get("username") or "")
+        sar_spec = {k: v for k, v in (("user", username), ("groups", user.get("groups")),
+                                      ("uid", user.get("uid")), ("extra", user.get("extra")))
+                    if v}
+        sar_spec["nonResourceAttributes"] = {"path": self.path, "verb": self.verb}
+        sar = await self._post("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": sar_spec})
+        verdict = sar.get("status") or {}
+        if verdict.get("allowed"):
+            return AuthResult(Decision.ALLOWED, username)
+        return AuthResult(Decision.FORBIDDEN, username, str(verdict.get("reason") or ""))
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A review, raw JSON in and out (no generated models)."""
+        answer: dict[str, Any] = await self.api_client.call_api(
+            path, "POST", body=body, auth_settings=["BearerToken"],
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            response_types_map={200: "object", 201: "object"}, _return_http_data_only=True,
+            _request_timeout=self.request_timeout)
+        return answer
 
 
 def metrics_auth(
@@ -330,3 +337,29 @@ async def serve(app: Any, host: str = "0.0.0.0", port: int = 8080,
             raise RuntimeError(f"HTTP server failed to start: {exc!r}")
         await asyncio.sleep(0.01)
     return ServerHandle(server, task, host, bound_port)
+
+
+@dataclass
+class _Servers:
+    handles: tuple[ServerHandle, ...]
+
+    async def stop(self) -> None:
+        for handle in self.handles:
+            await handle.stop()
+
+
+async def serve_endpoints(registry: CollectorRegistry, is_ready: ReadyCheck, auth: MetricsAuth,
+                          probes_at: tuple[str, int], metrics_at: tuple[str, int]) -> Any:
+    """Probes and /metrics: one server when both addresses are the same, else two (metrics
+    port 0: none). Returns what to ``stop()``."""
+    if metrics_at == probes_at:
+        return await serve(make_app(registry, is_ready, auth), *probes_at)
+    probes = await serve(make_app(registry, is_ready, auth, metrics=False), *probes_at)
+    if not metrics_at[1]:
+        return probes
+    try:
+        metrics = await serve(make_app(registry, is_ready, auth, probes=False), *metrics_at)
+    except OSError:
+        await probes.stop()
+        raise
+    return _Servers((probes, metrics))

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
@@ -107,6 +107,9 @@ class OutboxAudit:
         self._wake = asyncio.Event()  # something to send
         self._kick = asyncio.Event()  # cut a backoff sleep short (flush/stop)
         self._stopping = asyncio.Event()
+        # Called with an execution uid once everything sent for it is confirmed (the
+        # controller wakes an ended execution waiting to drop its audit finalizer).
+        self.on_confirmed: Callable[[str], None] | None = None
         self._records_gauge = Gauge(
             "kexec_audit_unconfirmed_records",
             "Phase-transition records not yet confirmed by the audit store",
@@ -230,6 +233,8 @@ class OutboxAudit:
                 entry.execution_unconfirmed = False
             if not entry.transitions and not entry.execution_unconfirmed:
                 self._pending.pop(uid, None)
+                if self.on_confirmed is not None:
+                    self.on_confirmed(uid)
 
     async def _try_send(self, uid: str) -> bool:
         try:

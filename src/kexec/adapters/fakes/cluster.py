@@ -36,6 +36,7 @@ from kexec.application.run_action import (
 from kexec.domain.actions import ACTIONS
 from kexec.domain.execution import (
     API_VERSION,
+    FINALIZER,
     KIND,
     REQUESTED_BY,
     REQUESTED_BY_GROUPS,
@@ -165,8 +166,8 @@ class FakeCluster(FakeApi):
 
     # --- executions ----------------------------------------------------------------------
 
-    async def list_executions(self) -> list[Execution]:
-        return [e.copy() for e in self.executions.values()]
+    async def list_executions(self, *, active: bool = False) -> list[Execution]:
+        return [e.copy() for e in self.executions.values() if not (active and e.terminal)]
 
     async def get_execution(self, namespace: str, name: str) -> Execution | None:
         found = self.executions.get((namespace, name))
@@ -179,6 +180,8 @@ class FakeCluster(FakeApi):
         new = execution.copy()
         new.annotations[REQUESTED_BY] = self.acting_user
         new.annotations[REQUESTED_BY_GROUPS] = ",".join(self.acting_groups)
+        if not self.admission_missing and FINALIZER not in new.finalizers:
+            new.finalizers.append(FINALIZER)  # kexec-requester adds the audit finalizer
         new.uid = new.uid or str(uuid.uuid4())
         new.resource_version = str(next(self._rv))
         new.created = self.clock.now()

@@ -71,7 +71,7 @@ class KubernetesApi(RunnerCalls):
         request_timeout: float = 10.0,
         config_map: str = "kexec-config",
         field_manager: str = "kexec",
-        execution_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
+        execution_cache: Callable[[bool], Iterable[Execution]] | None = None,
         node_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
         job_cache: Callable[[str], dict[str, Any] | None] | None = None,
         pod_cache: Callable[[], Iterable[dict[str, Any]]] | None = None,
@@ -99,7 +99,6 @@ class KubernetesApi(RunnerCalls):
         self._service_accounts: set[tuple[str, str]] = set()  # known to exist
         self._admission_until = 0.0  # monotonic time until which the answer below holds
         self._admission_missing = ""
-        self._converted: dict[str, tuple[Any, Execution]] = {}
         self._facts = _TTL(facts_ttl)
         self._api_calls = (Counter("kexec_api_requests_total",
                                    "Kubernetes API requests made by kexec, by HTTP method",

@@ -28,21 +28,12 @@ log = logging.getLogger(__name__)
 class KubernetesCluster(Identities, Jobs):
     # --- executions ---------------------------------------------------------------------
 
-    async def list_executions(self) -> list[Execution]:
-        if self.execution_cache is not None:
-            # Converted once per resourceVersion: every validation reads them all.
-            out, seen = [], {}
-            for obj in self.execution_cache():
-                meta = obj.get("metadata") or {}
-                key, rv = f"{meta.get('namespace')}/{meta.get('name')}", meta.get("resourceVersion")
-                hit = self._converted.get(key)
-                ex = hit[1] if hit and hit[0] == rv else to_execution(obj)
-                seen[key] = (rv, ex)
-                out.append(ex)
-            self._converted = seen
-            return out
+    async def list_executions(self, *, active: bool = False) -> list[Execution]:
+        if self.execution_cache is not None:  # the watch's, converted once per change
+            return list(self.execution_cache(active))
         doc = await self.request("GET", execution_path())
-        return [to_execution(o) for o in doc.get("items") or []]
+        found = [to_execution(o) for o in doc.get("items") or []]
+        return [e for e in found if not e.terminal] if active else found
 
     async def get_execution(self, namespace: str, name: str) -> Execution | None:
         try:

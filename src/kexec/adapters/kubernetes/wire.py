@@ -214,3 +214,27 @@ def from_execution(ex: Execution) -> dict[str, Any]:
     if status.get("phase") or len(status) > 2:
         out["status"] = status
     return out
+
+
+# --- the controller's watch cache ----------------------------------------------------------
+
+CACHED = "execution"  # where a cached entry keeps its converted execution
+
+
+def cached_execution(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the controller's execution informer keeps of a watched object (its transform):
+    the execution converted once per change — every validation reads them all — beside the
+    fields the informer and the phase gauges read (name, namespace, resourceVersion,
+    phase). The wire dict itself is not kept."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status")
+    return {"metadata": {k: meta[k] for k in ("name", "namespace", "resourceVersion", "uid")
+                         if k in meta},
+            "status": {"phase": status.get("phase")} if isinstance(status, dict) else {},
+            CACHED: to_execution(obj)}
+
+
+def execution_of(cached: dict[str, Any]) -> Execution:
+    """The execution of a ``cached_execution`` entry (shared: copy it before changing it)."""
+    ex: Execution = cached[CACHED]
+    return ex

@@ -121,8 +121,9 @@ class RunnerCluster(Protocol):
 class ExecutionStore(Protocol):
     """KubernetesExecution objects (what approve, rollback and the controller use)."""
 
-    async def list_executions(self) -> list[Execution]:
-        """Every KubernetesExecution (from the controller's cache where it has one)."""
+    async def list_executions(self, *, active: bool = False) -> list[Execution]:
+        """Every KubernetesExecution (from the controller's cache where it has one); with
+        ``active``, only those not terminal (what most checks look at, and far fewer)."""
         ...
 
     async def get_execution(self, namespace: str, name: str) -> Execution | None: ...

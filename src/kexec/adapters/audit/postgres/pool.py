@@ -97,6 +97,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool ``reset``: nothing beyond what asyncpg always does on release (an open
+    transaction is rolled back). The audit store leaves no session state behind — no SET,
+    LISTEN or cursor, and its advisory lock is transaction-scoped — so the default
+    ``RESET ALL; UNLISTEN *; CLOSE ALL; SELECT pg_advisory_unlock_all()`` would only cost
+    a round trip per write."""
+    return None
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -113,6 +122,7 @@ async def create_pool(
         command_timeout=command_timeout,
         timeout=connect_timeout,
         init=init_connection,
+        reset=keep_session,
         server_settings={"application_name": "kexec-audit"},
     )
     try:
