@@ -106,12 +106,12 @@ def controller_inputs(n: int, start: int = 0) -> list[dict[str, Any]]:
             spec = {"action": "scale_deployment", "parameters": {"scaleDeployment": {
                 "namespace": ns, "deployment": f"web-{i // 10}", "replicas": 2 + i % 5}}}
             target = _deployment(ns, f"web-{i // 10}", now, 3)
-        parsed, action, params = parse_spec(spec)
+        _parsed, action, params = parse_spec(spec)
         ex = Execution(ns, f"exec-{i}-{uuid.uuid4().hex[:5]}", spec=spec,
                        annotations={"kubectl.kubernetes.io/last-applied-configuration": json.dumps(spec)})
         facts = {"namespace": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}, "nodes": nodes}
         active = {f"bench-burst-{j}": (i * 7 + j) % 4 for j in range(10)}
-        docs.append(build_policy_input(ex, parsed, action, params, {"target": target}, facts, active, now,
+        docs.append(build_policy_input(ex, action, params, {"target": target}, facts, active, now,
                                        ["kubernaut-system"]))
     return docs
 

@@ -70,11 +70,11 @@ def test_build_policy_input_carries_facts_change_and_trusted_namespaces() -> Non
             "parameters": {"scaleDeployment": {"namespace": "shop", "deployment": "web",
                                                "replicas": 4}}}
     ex = Execution("shop", "exec-1", spec=spec)
-    parsed, action, params = parse_spec(spec)
+    _parsed, action, params = parse_spec(spec)
     target = {"kind": "Deployment", "metadata": {"name": "web", "namespace": "shop",
                                                  "labels": {"app": "web"}},
               "spec": {"replicas": 2}}
-    doc = build_policy_input(ex, parsed, action, params, {"target": target}, {}, {"shop": 1},
+    doc = build_policy_input(ex, action, params, {"target": target}, {}, {"shop": 1},
                              datetime(2025, 6, 11, 10, 30, tzinfo=UTC),
                              {"kubernaut-system", "ops"})
     assert doc["action"] == {
@@ -92,12 +92,12 @@ def test_build_policy_input_carries_facts_change_and_trusted_namespaces() -> Non
 def test_build_policy_input_carries_only_what_the_rules_read() -> None:
     spec = {"action": "delete_pod", "parameters": {"deletePod": {"namespace": "shop", "pod": "web-1"}}}
     ex = Execution("shop", "exec-1", spec=spec, labels={"team": "a"})
-    parsed, action, params = parse_spec(spec)
+    _parsed, action, params = parse_spec(spec)
     owners = [{"kind": "ReplicaSet", "name": "web-1a", "controller": True}]
     target = {"kind": "Pod", "metadata": {"name": "web-1", "namespace": "shop", "uid": "u",
                                           "ownerReferences": owners, "annotations": {"a": "b"}},
               "spec": {"containers": [{"name": "web", "image": "web:1"}]}, "status": {"phase": "Running"}}
-    doc = build_policy_input(ex, parsed, action, params, {"target": target}, {},
+    doc = build_policy_input(ex, action, params, {"target": target}, {},
                              {"shop": 2, "other": 4, "idle": 0}, datetime(2025, 6, 11, 10, 30, tzinfo=UTC))
     assert doc["target"]["object"] == {"metadata": {"ownerReferences": owners}}
     assert doc["cluster"]["activeExecutions"] == {"shop": 2}  # only the rate limit's namespace

@@ -174,14 +174,14 @@ def test_kexec_actions_lists_it(registered: Action[Any]) -> None:
 def _decide(replicas: int, current: int, namespace_labels: dict[str, str] | None = None,
             **target_labels: str) -> Any:
     doc = _document(replicas)
-    spec, action, params = parse_spec(doc["spec"])
+    _spec, action, params = parse_spec(doc["spec"])
     assert action is TWELFTH
     ex = Execution(NS, doc["metadata"]["name"], spec=doc["spec"])
     facts = {"namespace": {"name": NS, "labels": namespace_labels or {}},
              "nodes": [{"name": f"node-{i}", "ready": True, "unschedulable": False,
                         "controlPlane": False} for i in range(3)]}
     policy_input = build_policy_input(
-        ex, spec, action, params, {"target": _statefulset(current, **target_labels)}, facts, {},
+        ex, action, params, {"target": _statefulset(current, **target_labels)}, facts, {},
         datetime(2025, 6, 11, 10, 30, tzinfo=UTC), {"kubernaut-system"})
     engine = EmbeddedPolicy(load_policy_dir(POLICIES))
     try:

@@ -9,7 +9,6 @@ from typing import Any
 from kexec.domain.actions import Action
 from kexec.domain.execution import Execution, iso
 from kexec.domain.resources import Snapshot, meta
-from kexec.domain.spec import ExecutionSpec
 
 
 def _read_by_policy(obj: Any) -> dict[str, Any]:
@@ -38,7 +37,6 @@ def change_facts(action: Action[Any], parameters: Mapping[str, Any]) -> dict[str
 
 def build_policy_input(
     ex: Execution,
-    spec: ExecutionSpec,
     action: Action[Any],
     params: Any,
     snap: Snapshot,

@@ -216,7 +216,7 @@ class ValidationStep(StepBase):
                       snap: Snapshot, now: Any) -> PolicyDecision | str:
         """The policy's decision, or why the engine could not give one."""
         facts = await self.cluster.cluster_facts(action.target(params).namespace)
-        doc = build_policy_input(ex, spec, action, params, snap, facts,
+        doc = build_policy_input(ex, action, params, snap, facts,
                                  self.limits.active_by_namespace(ex.uid), now,
                                  self.settings.trusted)
         try:

@@ -253,14 +253,14 @@ def policy_eval(file: str, target_file: str | None, labels: tuple[str, ...], nod
     ex = Execution(meta.get("namespace", "default"), meta["name"],
                    labels=dict(meta.get("labels") or {}),
                    annotations=dict(meta.get("annotations") or {}), spec=doc["spec"])
-    spec, action, params = parse_spec(doc["spec"])
+    _spec, action, params = parse_spec(doc["spec"])
     target = _load_documents(target_file)[0] if target_file else None
     ns_labels = dict(label.split("=", 1) for label in labels if "=" in label)
     facts = {"namespace": {"name": action.target(params).namespace, "labels": ns_labels},
              "nodes": [{"name": f"node-{i}", "ready": True, "unschedulable": False,
                         "controlPlane": False} for i in range(nodes)]}
     engine = EmbeddedPolicy(load_policy_dir(policy_dir) if policy_dir else None)
-    document = build_policy_input(ex, spec, action, params, {"target": target}, facts, {},
+    document = build_policy_input(ex, action, params, {"target": target}, facts, {},
                                   datetime.now(UTC), Settings().trusted_namespaces)
     decision = engine.decide_blocking(document)
     engine.close()
