@@ -153,6 +153,31 @@ def test_the_stdlib_transport_classifies_errors_like_the_adapter(server: Any, tm
     assert api.calls - calls == 3  # refused connections are tried again (nothing was sent)
 
 
+def test_a_request_refused_by_an_authorizer_still_starting_is_sent_again(
+        server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Just restarted, kube-apiserver answers 403 until its RBAC caches are loaded (the
+    bootstrap ClusterRoles "not found"): nothing was done, so the runner sends it again --
+    a real refusal still fails at once."""
+    monkeypatch.setattr(stdlib_client, "REFUSED_BACKOFF", (0.01,) * 3)
+    api = client_for(server, tmp_path)
+    cm = ObjectRef("ConfigMap", "ns", "cfg")
+    starting = status(403, "Forbidden", 'configmaps "cfg" is forbidden: User "x" cannot patch resource '
+                      '"configmaps": RBAC: [clusterrole.rbac.authorization.k8s.io "system:basic-user" not '
+                      'found, clusterrole.rbac.authorization.k8s.io "kexec-action-x" not found]')
+    server.script = [(403, starting), (403, starting), (200, {"metadata": {"name": "cfg"}})]
+    run_to_completion(api.mutate(Patch(cm, "merge", {"data": {"k": "v"}})))
+    assert [r["method"] for r in server.seen] == ["PATCH"] * 3
+    server.script = [(403, status(403, "Forbidden", 'configmaps "cfg" is forbidden'))]
+    with pytest.raises(Forbidden):
+        run_to_completion(api.mutate(Patch(cm, "merge", {"data": {"k": "v"}})))
+    assert len(server.seen) == 4
+    server.script = [(403, starting)] * 4
+    with pytest.raises(Unavailable, match="system:basic-user"):  # still starting after the backoff
+        run_to_completion(api.mutate(Patch(cm, "merge", {"data": {"k": "v"}})))
+    assert len(server.seen) == 8
+    api.close()
+
+
 def test_an_api_server_that_comes_back_within_the_backoff_gets_the_request(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A restarting API server refuses connections: the runner's request waits for it."""

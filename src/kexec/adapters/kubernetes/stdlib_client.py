@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from kexec.adapters.kubernetes.errors import classify
+from kexec.adapters.kubernetes.errors import AuthorizerStarting, classify
 from kexec.adapters.kubernetes.requests import ApiCall, RunnerCalls
 from kexec.application.ports.cluster import Unavailable
 
@@ -120,7 +120,8 @@ def endpoint_from_env(env: Mapping[str, str]) -> Endpoint:
 
 
 # An API server that refuses connections is restarting (or failing over): the request never
-# left, so any method may be sent again; ≈ 15 s in all before the runner gives up.
+# left, so any method may be sent again; ≈ 15 s in all before the runner gives up. The same
+# for one that, just restarted, refuses it with its RBAC caches not yet loaded (errors.py).
 REFUSED_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0, 7.0)
 
 
@@ -163,18 +164,22 @@ class StdlibApi(RunnerCalls):
                 conn.request(call.method, path, body=body, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read()
-                break
             except ConnectionRefusedError as exc:  # nothing was sent: safe to try again
                 self.close()
                 if delay is None:
                     raise Unavailable(f"{call.method} {call.path}: {exc}") from None
                 time.sleep(delay)  # noqa: ASYNC251 -- blocking by design, like the HTTP call (no event loop)
+                continue
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise Unavailable(f"{call.method} {call.path}: {exc or type(exc).__name__}") from None
-        if resp.status not in (200, 201, 202):
-            raise classify(resp.status, raw.decode(errors="replace"))
-        return json.loads(raw) if raw else None
+            if resp.status in (200, 201, 202):
+                return json.loads(raw) if raw else None
+            error = classify(resp.status, raw.decode(errors="replace"))
+            if not isinstance(error, AuthorizerStarting) or delay is None:
+                raise error
+            time.sleep(delay)  # noqa: ASYNC251 -- refused before anything was done: send it again
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self._conn is not None:
