@@ -47,6 +47,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,13 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {body[:500]}")
         self.status = status
         self.body = body
+
+
+def transient(e: BaseException) -> bool:
+    """An error an API server outage causes (429, 5xx, refused or timed-out connections)."""
+    if isinstance(e, ApiError):
+        return e.status == 429 or e.status >= 500
+    return isinstance(e, TimeoutError | aiohttp.ClientError)
 
 
 def is_job_pod(pod: dict[str, Any]) -> bool:
@@ -336,6 +344,27 @@ class _Sim:
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
         return t
+
+    async def until_taken(self, what: str, call: Callable[[], Awaitable[Any]],
+                          run: _PodRun | None = None) -> bool:
+        """Like the kubelet's sync loop: a call a pod's lifecycle depends on is retried through
+        an API server outage (``transient`` errors) until it is taken (True), or ``run`` is
+        being deleted or the simulator stops (False). Other API errors raise. (``req`` alone
+        gives up after ~1.4 s, and a pod whose task died that way was never driven again.)"""
+        delay = 0.5
+        while True:
+            try:
+                await call()
+                return True
+            except (ApiError, TimeoutError, aiohttp.ClientError) as e:
+                if not transient(e):
+                    raise
+                err = e
+            if self.stopping.is_set() or (run is not None and run.deleting):
+                return False
+            self.log.warning("%s: %s; retrying in %.1fs", what, str(err)[:200], delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     # ----------------------------------------------------------------------- nodes
     def node_ip(self, node: str) -> str:
@@ -650,6 +679,9 @@ class _Sim:
                             self.log.info("binding %s/%s: %s", ns, name, e)
                             return
                         self.log.warning("binding %s/%s failed, will retry: %s", ns, name, e)
+                    except (TimeoutError, aiohttp.ClientError) as e:
+                        self.pod_node.pop(uid, None)
+                        self.log.warning("binding %s/%s failed, will retry: %r", ns, name, e)
                     except BaseException:
                         self.pod_node.pop(uid, None)
                         raise
@@ -778,9 +810,11 @@ class _Sim:
 
     async def mark_running(self, pod: dict[str, Any], run: _PodRun) -> None:
         ns, name = run.namespace, run.name
+        status = self._running_status(pod, run, _now())
         try:
-            await self.patch_status(ns, name, self._running_status(pod, run, _now()))
-            self.log.info("pod %s/%s Running on %s (%s)", ns, name, run.node, run.pod_ip)
+            if await self.until_taken(f"pod {ns}/{name}: Running status",
+                                      lambda: self.patch_status(ns, name, status), run):
+                self.log.info("pod %s/%s Running on %s (%s)", ns, name, run.node, run.pod_ip)
         except ApiError as e:
             if e.status != 404:
                 raise
@@ -934,11 +968,15 @@ class _Sim:
                 env.update(container_env)
                 token = await self.pod_token(pod)
                 break
-            except (LookupError, ApiError) as e:
-                if isinstance(e, ApiError) and e.status not in (403, 404):
-                    raise
+            except (LookupError, ApiError, TimeoutError, aiohttp.ClientError) as e:
                 if run.deleting or self.stopping.is_set():
                     return
+                if transient(e):  # the API server is away: like the kubelet, try again
+                    self.log.warning("pod %s/%s: preparing the container: %r; retrying", ns, name, e)
+                    await asyncio.sleep(1)
+                    continue
+                if isinstance(e, ApiError) and e.status not in (403, 404):
+                    raise
                 self.log.warning("pod %s/%s: CreateContainerConfigError: %s", ns, name, e)
                 with contextlib.suppress(ApiError):
                     await self.patch_status(
@@ -998,13 +1036,15 @@ class _Sim:
         while True:
             started = _now()
             term_path.write_bytes(b"")
+            running = self._running_status(pod, run, started, restarts, last_state)
             try:
-                await self.patch_status(ns, name, self._running_status(pod, run, started, restarts, last_state))
+                taken = await self.until_taken(f"pod {ns}/{name}: Running status",
+                                               functools.partial(self.patch_status, ns, name, running), run)
             except ApiError as e:
                 if e.status == 404:
                     return
                 raise
-            if run.deleting:
+            if not taken or run.deleting:
                 return
             # small local file; blocking open is fine here
             with open(log_path, "ab") as logf:  # noqa: ASYNC230
@@ -1082,23 +1122,21 @@ class _Sim:
                 }
                 backoff = min(10.0, 0.5 * (2 ** (restarts - 1)))
                 self.log.info("pod %s/%s restarting in %.1fs (restart %d)", ns, name, backoff, restarts)
-                try:
-                    await self.patch_status(
-                        ns,
-                        name,
+                waiting = {
+                    "containerStatuses": [
                         {
-                            "containerStatuses": [
-                                {
-                                    "name": c["name"],
-                                    "restartCount": restarts,
-                                    "ready": False,
-                                    "started": False,
-                                    "lastState": last_state,
-                                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                                }
-                            ]
-                        },
-                    )
+                            "name": c["name"],
+                            "restartCount": restarts,
+                            "ready": False,
+                            "started": False,
+                            "lastState": last_state,
+                            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        }
+                    ]
+                }
+                try:
+                    await self.until_taken(f"pod {ns}/{name}: CrashLoopBackOff status",
+                                           functools.partial(self.patch_status, ns, name, waiting), run)
                 except ApiError as e:
                     if e.status == 404:
                         return
@@ -1167,25 +1205,15 @@ class _Sim:
         self.pod_node.pop(run.uid, None)
         # Like the kubelet's status manager: the terminal status is retried until the API
         # server takes it (it may be restarting), the pod is gone, or the simulator stops —
-        # a lost report would leave the pod Running and its Job unfinished forever.
-        delay = 0.5
-        while True:
-            try:
-                await self.patch_status(ns, name, status)
+        # a lost report would leave the pod Running and its Job unfinished forever. (Not
+        # given up when the pod is being deleted: finish_deletion reports through here.)
+        try:
+            if await self.until_taken(f"pod {ns}/{name}: terminal status",
+                                      lambda: self.patch_status(ns, name, status)):
                 self.log.info("pod %s/%s %s (exit %d, %s)", ns, name, phase, code, reason)
-                break
-            except ApiError as e:
-                if e.status == 404:
-                    break
-                if e.status < 500 and e.status != 429:
-                    raise
-            except (TimeoutError, aiohttp.ClientError):
-                pass
-            if self.stopping.is_set():
-                break
-            self.log.warning("pod %s/%s: terminal status not reported yet; retrying in %.1fs", ns, name, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        except ApiError as e:
+            if e.status != 404:
+                raise
         run.finished.set()
 
     @staticmethod
@@ -1269,11 +1297,15 @@ class _Sim:
                 volumes = await self.pod_volumes(pod, pod_dir)
                 envs = {c["name"]: await self.resolve_env(pod, c, run) for c in spec.get("containers", [])}
                 break
-            except (LookupError, ApiError) as e:
-                if isinstance(e, ApiError) and e.status not in (403, 404):
-                    raise
+            except (LookupError, ApiError, TimeoutError, aiohttp.ClientError) as e:
                 if run.deleting or self.stopping.is_set():
                     return
+                if transient(e):  # the API server is away: like the kubelet, try again
+                    self.log.warning("pod %s/%s: preparing the container: %r; retrying", ns, name, e)
+                    await asyncio.sleep(1)
+                    continue
+                if isinstance(e, ApiError) and e.status not in (403, 404):
+                    raise
                 self.log.warning("pod %s/%s: CreateContainerConfigError: %s", ns, name, e)
                 await asyncio.sleep(2)
         sa_dir = None
@@ -1284,7 +1316,7 @@ class _Sim:
         async def refresh_token() -> None:  # as the kubelet renews projected tokens (1 h here)
             while sa_dir is not None:
                 await asyncio.sleep(1800)
-                with contextlib.suppress(ApiError):
+                with contextlib.suppress(ApiError, TimeoutError, aiohttp.ClientError):
                     image_runner.write_service_account(sa_dir, await self.pod_token(pod),
                                                        base64.b64decode(self.ca_data or ""), ns)
         started = _now()
@@ -1491,25 +1523,14 @@ class _Sim:
                     run.task.cancel()
             elif run.task is not None and not run.task.done() and (run.job or not run.procs):
                 run.task.cancel()
-        for attempt in range(5):
-            try:
-                await self.req(
-                    "DELETE",
-                    f"/api/v1/namespaces/{ns}/pods/{quote(name)}",
-                    {
-                        "apiVersion": "v1",
-                        "kind": "DeleteOptions",
-                        "gracePeriodSeconds": 0,
-                        "preconditions": {"uid": uid},
-                    },
-                )
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+        try:
+            if await self.until_taken(f"deleting pod {ns}/{name}",
+                                      lambda: self.req("DELETE", f"/api/v1/namespaces/{ns}/pods/{quote(name)}", body)):
                 self.log.info("deleted pod %s/%s (grace 0)", ns, name)
-                return
-            except ApiError as e:
-                if e.status in (404, 409):
-                    return
-                self.log.warning("deleting pod %s/%s failed (attempt %d): %s", ns, name, attempt + 1, e)
-                await asyncio.sleep(0.5 * (attempt + 1))
+        except ApiError as e:
+            if e.status not in (404, 409):
+                raise
 
     # --------------------------------------------------------------------- shutdown
     async def shutdown(self) -> None:

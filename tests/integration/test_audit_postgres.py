@@ -179,6 +179,21 @@ async def test_columns_round_trip(store: PostgresAudit) -> None:
     assert got.duration_ms == 2250 and got.last_seq == 5 and got.transition_count == 6
 
 
+async def test_a_nul_character_in_text_and_json_is_stored_as_a_replacement(
+        store: PostgresAudit, pg_audit_dsn: str) -> None:
+    """PostgreSQL refuses U+0000 in text and jsonb; the API server does not (found by the long
+    fuzz run: a record carrying one was re-sent forever and kept the outbox degraded)."""
+    rec = execution("u1", 2, message="bad \x00 value", target_name="web\x00",
+                    parameters={"k\x00": "v\x00"})
+    moved = [replace(t, message="m\x00") for t in transitions("u1", 2)]
+    await store.record(rec, moved)
+    [got] = await store.get("exec-u1", "team-a")
+    assert got.record.message == "bad \ufffd value" and got.record.target_name == "web\ufffd"
+    assert got.record.parameters == {"k\ufffd": "v\ufffd"}
+    assert {t.message for t in got.transitions} == {"m\ufffd"}
+    assert await store.confirmed_transitions("u1") == 3
+
+
 async def test_a_late_older_record_does_not_move_the_row_backwards(
     store: PostgresAudit, pg_audit_dsn: str
 ) -> None:

@@ -66,17 +66,6 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    """``@pytest.mark.long_variant`` scenarios run only in the long variant (reported as
-    deselected otherwise, never as passed)."""
-    if LONG:
-        return
-    skipped = [item for item in items if item.get_closest_marker("long_variant")]
-    if skipped:
-        config.hook.pytest_deselected(items=skipped)
-        items[:] = [item for item in items if item not in skipped]
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not ROWS:
         return

@@ -242,13 +242,18 @@ async def test_broken_update_is_reported_once_and_the_last_good_stays(
     assert (await policy.decide({"n": 55})).allowed is True
 
 
-async def test_invalid_data_json_is_reported(policy: ReloadablePolicy, fake: FakeApiserver) -> None:
+async def test_invalid_data_json_is_reported_and_counted(
+    policy: ReloadablePolicy, registry: CollectorRegistry, fake: FakeApiserver
+) -> None:
     recorder = Recorder()
     source = source_for(policy, fake, recorder)
     bad = configmap("11", {"tiny.rego": TINY, "data.json": "{nope"})
     await source.handle_event("ADDED", bad)
+    await source.handle_event("MODIFIED", bad)  # the same object again (a relist): once
     assert len(recorder.errors) == 1
     assert "not valid JSON" in recorder.errors[0]
+    assert metric(registry, "kexec_policy_reload_total", result="failure") == 1
+    assert policy.last_error is not None and "not valid JSON" in policy.last_error
 
 
 async def test_delete_falls_back_bookmark_only_moves_the_version(

@@ -98,6 +98,41 @@ async def test_drain_treats_a_pod_already_gone_as_evicted() -> None:
     assert w.cluster.obj("Pod", NS, "web-1") is None
 
 
+async def test_drain_waits_for_the_pods_of_a_terminating_namespace_instead_of_evicting_them() -> None:
+    """NamespaceLifecycle refuses evictions in a namespace being deleted; like kubectl drain,
+    its pods (with or without a controller) are left to the namespace controller and waited
+    for until they are being deleted -- not evicted, not reported as evicted."""
+    w = World()
+    w.cluster.add({"kind": "Namespace", "metadata": {"name": "old"}, "status": {"phase": "Terminating"}})
+    w.cluster.add({"kind": "Pod", "metadata": {"name": "bare", "namespace": "old"},
+                   "spec": {"nodeName": "node-1"}, "status": {"phase": "Running"}})
+    evicted: list[str] = []
+
+    class NamespaceLifecycle(FakeCluster):
+        reads = 0
+
+        async def read(self, r: Any, *args: Any, **kw: Any) -> Any:
+            self.reads += 1
+            if self.reads == 8:  # the namespace controller gets to the pod
+                self.objects[("Pod", "old", "bare")]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            return await super().read(r, *args, **kw)
+
+        async def mutate(self, mutation: Mutation, **kw: Any) -> Any:
+            if isinstance(mutation, Evict):
+                assert mutation.ref.namespace != "old", "evicted in a terminating namespace"
+                evicted.append(mutation.ref.name)
+            return await super().mutate(mutation, **kw)
+
+    cluster = NamespaceLifecycle(w.clock)
+    cluster.objects = w.cluster.objects
+    report = await run(w, request("drain_node", {"node": "node-1"}), cluster)
+    assert (report.success, report.reason) == (True, "Succeeded")
+    assert evicted == ["web-1"]
+    assert {(c["kind"], c.get("name"), c["operation"]) for c in report.changes} == {
+        ("Node", "node-1", "cordon"), ("Pod", "web-1", "evict")}
+    assert cluster.reads >= 8  # it waited for the namespace controller
+
+
 async def test_drain_blocked_by_a_disruption_budget_gives_up_at_the_deadline() -> None:
     w = World()
     w.cluster.block_eviction(NS, "web-1")

@@ -140,6 +140,7 @@ def test_the_stdlib_transport_classifies_errors_like_the_adapter(server: Any, tm
     api = client_for(server, tmp_path)
     cm = ObjectRef("ConfigMap", "ns", "cfg")
     server.script = [(409, status(409, "AlreadyExists", "exists")), (403, status(403, "Forbidden", "no")),
+                     (200, {}),  # GET /readyz after the 403: ready, so the refusal is real
                      (422, status(422, "Invalid", "bad")), (503, status(503, "", "down"))]
     for error in (AlreadyExists, Forbidden, Invalid, Unavailable):
         with pytest.raises(error):
@@ -151,6 +152,35 @@ def test_the_stdlib_transport_classifies_errors_like_the_adapter(server: Any, tm
     with pytest.raises(Unavailable):  # nobody listening: a retryable error, not a crash
         run_to_completion(api.read(Get("target", cm)))
     assert api.calls - calls == 3  # refused connections are tried again (nothing was sent)
+
+
+def test_a_request_refused_by_an_api_server_not_ready_is_sent_again(
+        server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Just restarted, kube-apiserver answers 403 until its RBAC caches are loaded: the runner
+    asks /readyz, and while it is not ready sends the request again (nothing was done) -- a
+    refusal by a ready server fails at once."""
+    monkeypatch.setattr(stdlib_client, "REFUSED_BACKOFF", (0.01,) * 3)
+    api = client_for(server, tmp_path)
+    cm = ObjectRef("ConfigMap", "ns", "cfg")
+    denied = (403, status(403, "Forbidden", 'configmaps "cfg" is forbidden: User "x" cannot patch resource'))
+    starting = (403, status(403, "Forbidden", 'configmaps "cfg" is forbidden: RBAC: [clusterrole.rbac.'
+                            'authorization.k8s.io "system:basic-user" not found]'))
+    not_ready = (500, {"message": "[-]informer-sync failed"})
+    server.script = [denied, not_ready, starting, denied, (200, {"metadata": {"name": "cfg"}})]
+    run_to_completion(api.mutate(Patch(cm, "merge", {"data": {"k": "v"}})))
+    assert [(r["method"], r["path"].split("?")[0]) for r in server.seen] == [
+        ("PATCH", "/api/v1/namespaces/ns/configmaps/cfg"), ("GET", "/readyz"),
+        ("PATCH", "/api/v1/namespaces/ns/configmaps/cfg"), ("GET", "/readyz"),  # 403 to /readyz too
+        ("PATCH", "/api/v1/namespaces/ns/configmaps/cfg")]
+    server.script = [denied, (200, {})]
+    with pytest.raises(Forbidden):
+        run_to_completion(api.mutate(Patch(cm, "merge", {"data": {"k": "v"}})))
+    assert len(server.seen) == 7
+    server.script = [denied, not_ready] * 4
+    with pytest.raises(Forbidden):  # still not ready after the backoff: the refusal stands
+        run_to_completion(api.mutate(Patch(cm, "merge", {"data": {"k": "v"}})))
+    assert len(server.seen) == 7 + 7
+    api.close()
 
 
 def test_an_api_server_that_comes_back_within_the_backoff_gets_the_request(

@@ -126,8 +126,11 @@ class OutboxAudit:
     # ------------------------------------------------------------------ state
 
     def pending(self) -> int:
-        """Number of transition records the store has not confirmed."""
-        return sum(len(p.transitions) for p in self._pending.values())
+        """Number of transition records the store has not confirmed. Also read by /metrics
+        from a worker thread: the values are copied in one step (no Python code runs while
+        the C-level copy iterates), so a write on the event loop cannot break the iteration
+        ("OrderedDict mutated during iteration" made a scrape answer 500)."""
+        return sum(len(p.transitions) for p in tuple(self._pending.values()))
 
     def pending_executions(self) -> int:
         """Number of executions with anything unconfirmed (a transition or the row)."""

@@ -16,6 +16,16 @@ from kexec.application.ports.cluster import (
     Unavailable,
 )
 
+# A kube-apiserver that has just (re)started answers before its RBAC caches have synced: a
+# request is then Forbidden with ClusterRoles that always exist (the bootstrap roles bound to
+# every authenticated user) "not found" (kubernetes/kubernetes#121635). Nothing was done and it
+# passes within seconds: a retryable error, not a refusal.
+AUTHORIZER_STARTING = 'clusterrole.rbac.authorization.k8s.io "system:basic-user" not found'
+
+
+class AuthorizerStarting(Unavailable):
+    reason = "AuthorizerStarting"
+
 
 def classify(status: int, body: Any) -> ClusterError:
     message, reason = "", ""
@@ -30,7 +40,7 @@ def classify(status: int, body: Any) -> ClusterError:
     if status == 409:
         return AlreadyExists(message) if reason == "AlreadyExists" else Conflict(message)
     if status == 403:
-        return Forbidden(message)
+        return AuthorizerStarting(message) if AUTHORIZER_STARTING in message else Forbidden(message)
     if status in (400, 422):
         return Invalid(message)
     if status == 429:

@@ -120,7 +120,8 @@ def endpoint_from_env(env: Mapping[str, str]) -> Endpoint:
 
 
 # An API server that refuses connections is restarting (or failing over): the request never
-# left, so any method may be sent again; ≈ 15 s in all before the runner gives up.
+# left, so any method may be sent again; ≈ 15 s in all before the runner gives up. The same
+# for a request Forbidden by a server that is not ready (just restarted, its RBAC not loaded).
 REFUSED_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0, 7.0)
 
 
@@ -163,18 +164,37 @@ class StdlibApi(RunnerCalls):
                 conn.request(call.method, path, body=body, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read()
-                break
             except ConnectionRefusedError as exc:  # nothing was sent: safe to try again
                 self.close()
                 if delay is None:
                     raise Unavailable(f"{call.method} {call.path}: {exc}") from None
                 time.sleep(delay)  # noqa: ASYNC251 -- blocking by design, like the HTTP call (no event loop)
+                continue
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise Unavailable(f"{call.method} {call.path}: {exc or type(exc).__name__}") from None
-        if resp.status not in (200, 201, 202):
-            raise classify(resp.status, raw.decode(errors="replace"))
-        return json.loads(raw) if raw else None
+            if resp.status in (200, 201, 202):
+                return json.loads(raw) if raw else None
+            error = classify(resp.status, raw.decode(errors="replace"))
+            if resp.status != 403 or delay is None or self._ready():
+                raise error
+            time.sleep(delay)  # noqa: ASYNC251 -- refused before anything was done: send it again
+        raise AssertionError("unreachable")
+
+    def _ready(self) -> bool:
+        """``GET /readyz``: a just-(re)started kube-apiserver answers before its informers have
+        synced and, its RBAC not loaded, refuses requests (403, with or without the bootstrap
+        ClusterRoles "not found"); it is ready (200) only once they have (``informer-sync``)."""
+        self.calls += 1
+        try:
+            conn = self._connection()
+            conn.request("GET", self.prefix + "/readyz", headers={**self._auth, "User-Agent": "kexec-runner"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status == 200
+        except (OSError, http.client.HTTPException):
+            self.close()
+            return False
 
     def close(self) -> None:
         if self._conn is not None:

@@ -134,7 +134,7 @@ class ReloadablePolicy:
         try:
             candidate = policy_set_from_sources(modules, data, source=source)
         except PolicyLoadError as exc:
-            self._failed(str(exc))
+            self.rejected(str(exc))
             raise
         return self.load_policy_set(candidate)
 
@@ -148,7 +148,7 @@ class ReloadablePolicy:
             try:
                 compiled = CompiledPolicy(candidate, pool_size=self._pool_size)
             except PolicyLoadError as exc:
-                self._failed(str(exc))
+                self.rejected(str(exc))
                 raise
             self._compiled = compiled  # atomic swap; running decisions keep the old one
             self.last_error = None
@@ -157,7 +157,8 @@ class ReloadablePolicy:
             log.info("safety policy %s active (source %s)", compiled.version, candidate.source)
             return True
 
-    def _failed(self, message: str) -> None:
+    def rejected(self, message: str) -> None:
+        """Count a candidate rejected before or while compiling (kept: the current policy)."""
         self.last_error = message
         self._reloads.labels(result="failure").inc()
         log.warning("safety policy rejected, keeping %s: %s", self.version, message)
@@ -299,8 +300,11 @@ class ConfigMapPolicySource:
         )
         try:
             candidate = self.candidate(obj)
-        except PolicyLoadError as exc:
-            await self._report(f"{what} rejected: {exc}", key=f"invalid:{_configmap_rv(obj)}")
+        except PolicyLoadError as exc:  # e.g. malformed data.json: rejected before compiling
+            key = f"invalid:{_configmap_rv(obj)}"
+            if key != self._failed_version:
+                self._policy.rejected(str(exc))
+            await self._report(f"{what} rejected: {exc}", key=key)
             return
         if candidate.version == self._failed_version:
             return  # already reported

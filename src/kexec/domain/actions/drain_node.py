@@ -45,6 +45,12 @@ def _finished(pod: dict[str, Any]) -> bool:
     return dig(pod, "status", "phase") in ("Succeeded", "Failed")
 
 
+def _terminating(snap: Snapshot) -> set[str]:
+    """Namespaces being deleted: NamespaceLifecycle refuses evictions (they create
+    pods/eviction) in them, and the namespace controller deletes their pods itself."""
+    return {str(meta(n).get("name")) for n in snap.get("terminating") or []}
+
+
 class DrainNode(Action[DrainParams]):
     """`kubectl drain` semantics: cordon, then evict through the Eviction API."""
 
@@ -75,6 +81,8 @@ class DrainNode(Action[DrainParams]):
         Rule(("",), ("nodes",), ("get", "patch")),
         Rule(("",), ("pods",), ("get", "list")),
         Rule(("",), ("pods/eviction",), ("create",)),
+        # Which namespaces are being deleted (their pods are waited for, not evicted).
+        Rule(("",), ("namespaces",), ("list",)),
         # Drain progress: which PodDisruptionBudget blocks which pod.
         Rule(("policy",), ("poddisruptionbudgets",), ("get", "list")),
     )
@@ -103,13 +111,19 @@ class DrainNode(Action[DrainParams]):
         return (
             Get("target", self.target(p)),
             List("pods", "Pod", field_selector=f"spec.nodeName={p.node}"),
+            List("terminating", "Namespace", field_selector="status.phase=Terminating"),
         )
 
-    def classify(self, p: DrainParams, pods: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-        """Split the node's pods into (to evict, blocking problems), as kubectl drain does."""
-        evict: list[dict[str, Any]] = []
+    def classify(self, p: DrainParams, snap: Snapshot) -> tuple[list[dict[str, Any]], list[str]]:
+        """Split the node's pods into (to drain, blocking problems), as kubectl drain does.
+        Not drained: mirror pods, pods already being deleted, kexec's own Job pods and
+        (ignoreDaemonSets) DaemonSet pods. A pod of a namespace being deleted is drained but
+        not evicted (see :meth:`evictable`), so it is no problem for lacking a controller or
+        having emptyDir data: the namespace deletion removes it whatever the drain does."""
+        drain: list[dict[str, Any]] = []
         problems: list[str] = []
-        for pod in pods:
+        terminating = _terminating(snap)
+        for pod in snap.get("pods") or []:
             m = meta(pod)
             if MIRROR in (m.get("annotations") or {}) or m.get("deletionTimestamp"):
                 continue
@@ -121,6 +135,9 @@ class DrainNode(Action[DrainParams]):
                 if not p.ignore_daemon_sets:
                     problems.append(f"{ident} is managed by a DaemonSet (set ignoreDaemonSets)")
                 continue
+            if m.get("namespace") in terminating:
+                drain.append(pod)
+                continue
             if owner is None and not _finished(pod) and not p.force:
                 problems.append(f"{ident} has no controller (set force to evict it)")
                 continue
@@ -130,25 +147,33 @@ class DrainNode(Action[DrainParams]):
             ):
                 problems.append(f"{ident} uses emptyDir data (set deleteEmptyDirData)")
                 continue
-            evict.append(pod)
-        return evict, problems
+            drain.append(pod)
+        return drain, problems
 
     def preconditions(self, p: DrainParams, snap: Snapshot) -> list[Check]:
         checks = [self._exists(snap)]
-        _, problems = self.classify(p, snap.get("pods") or [])
+        _, problems = self.classify(p, snap)
         checks.append(Check("PodsEvictable", not problems, "; ".join(problems[:10])))
         return checks
 
+    def evictable(self, p: DrainParams, snap: Snapshot) -> list[dict[str, Any]]:
+        """The pods to evict: those to drain but of a namespace being deleted. Like kubectl
+        drain (whose eviction there is refused with NamespaceTerminating and retried until
+        the pod is marked deleted), such a pod is left to the namespace controller and
+        waited for: it counts as left (postconditions) until it is being deleted."""
+        drain, _ = self.classify(p, snap)
+        terminating = _terminating(snap)
+        return [pod for pod in drain if meta(pod).get("namespace") not in terminating]
+
     def plan(self, p: DrainParams, snap: Snapshot, ctx: Context) -> list[Mutation]:
-        evict, _ = self.classify(p, snap.get("pods") or [])
         out: list[Mutation] = [Patch(self.target(p), "merge", {"spec": {"unschedulable": True}})]
-        for pod in evict:
+        for pod in self.evictable(p, snap):
             m = meta(pod)
             out.append(Evict(ObjectRef("Pod", m["namespace"], m["name"]), p.grace_period_seconds))
         return out
 
     def postconditions(self, p: DrainParams, snap: Snapshot, result: Mapping[str, Any]) -> list[Check]:
-        left, _ = self.classify(p, snap.get("pods") or [])
+        left, _ = self.classify(p, snap)
         names = ", ".join(f"{meta(x).get('namespace')}/{meta(x).get('name')}" for x in left[:10])
         return [
             Check("Unschedulable", is_unschedulable(snap.get("target")), ""),
@@ -182,7 +207,7 @@ class DrainNode(Action[DrainParams]):
         return out
 
     def _evictions(self, p: DrainParams, before: Snapshot, after: Snapshot) -> list[Change]:
-        planned, _ = self.classify(p, before.get("pods") or [])
+        planned = self.evictable(p, before)
         present = {(meta(x).get("namespace"), meta(x).get("name")): x
                    for x in after.get("pods") or []}
         gone: list[tuple[str, str]] = []
@@ -238,13 +263,16 @@ class DrainNode(Action[DrainParams]):
         return (*self.reads(p), List("pdbs", "PodDisruptionBudget"))
 
     def progress(self, p: DrainParams, snap: Snapshot) -> dict[str, Any] | None:
-        """Pods left to evict, and for each blocked one the PodDisruptionBudget blocking it."""
-        left, _ = self.classify(p, snap.get("pods") or [])
+        """Pods left to drain, and for each blocked one the PodDisruptionBudget blocking it."""
+        left, _ = self.classify(p, snap)
+        terminating = _terminating(snap)
         pdbs = [b for b in snap.get("pdbs") or []
                 if (dig(b, "status", "disruptionsAllowed", default=0) or 0) <= 0]
         blocked: list[dict[str, str]] = []
         for pod in left:
             m = meta(pod)
+            if m.get("namespace") in terminating:
+                continue  # not evicted: waited for
             for pdb in pdbs:
                 if meta(pdb).get("namespace") == m.get("namespace") and selects(
                         dig(pdb, "spec", "selector"), m.get("labels") or {}):

@@ -74,19 +74,20 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _without_nul(value: Any) -> Any:
-    """PostgreSQL's jsonb refuses U+0000, which JSON (and the API server) allow: stored as U+FFFD."""
+def without_nul(value: Any) -> Any:
+    """PostgreSQL's text and jsonb refuse U+0000, which JSON (and the API server) allow: stored
+    as U+FFFD."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_without_nul(v) for v in value]
+        return [without_nul(v) for v in value]
     return value
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(_without_nul(value), default=_json_default, separators=(",", ":"), sort_keys=True)
+    return json.dumps(without_nul(value), default=_json_default, separators=(",", ":"), sort_keys=True)
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

@@ -19,7 +19,7 @@ from kexec.adapters.audit.postgres.migrations import (
     MigrationError,
     migrate,
 )
-from kexec.adapters.audit.postgres.pool import DEFAULT_COMMAND_TIMEOUT, Conn, log, run, utc
+from kexec.adapters.audit.postgres.pool import DEFAULT_COMMAND_TIMEOUT, Conn, log, run, utc, without_nul
 from kexec.adapters.audit.postgres.queries import AuditQueries
 from kexec.application.ports.audit import (
     AuditUnavailable,
@@ -122,6 +122,7 @@ class PostgresAudit(AuditQueries):
             [t.message for t in ordered],
             [t.controller for t in ordered],
         ]  # fmt: skip
+        args = [without_nul(a) for a in args]  # text columns refuse U+0000 too (e.g. a workflow name)
         await self._ensure_schema()
 
         async def op(conn: Conn) -> None:
