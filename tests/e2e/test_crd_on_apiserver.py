@@ -49,6 +49,7 @@ EXAMPLES = sorted((DEPLOY / "examples").glob("*.yaml"))
 FIELD_MANAGER = "kexec-e2e"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
@@ -420,8 +421,11 @@ async def test_status_subresource(
         "phaseTransitions": [{"phase": "Pending", "time": "2030-01-01T00:00:00Z"}],
         "someFutureField": {"kept": True},
     }
+    # Replaced whole (JSON patch), not merged: the e2e session's controller may have written
+    # a status of its own since the create (it reconciles every namespace).
     updated = await call(
-        api, "PATCH", kexec_path(namespace, name, "status"), {"status": status}, content_type=MERGE
+        api, "PATCH", kexec_path(namespace, name, "status"),
+        [{"op": "add", "path": "/status", "value": status}], content_type=JSON_PATCH,
     )
     assert updated["status"] == status  # typed fields valid, open fields kept verbatim
     assert updated["metadata"]["generation"] == created["metadata"]["generation"]
