@@ -90,4 +90,6 @@ async def test_stdlib_transport_and_kubernetes_asyncio_adapter_agree(
     stdlib.close()
     assert results["kubernetes-asyncio"] == EXPECTED
     assert results["stdlib"] == EXPECTED
-    assert stdlib.calls == 16  # one request per call, no retries
+    # One request per call, no retries: 16 calls, plus one GET /readyz for the Forbidden answer
+    # (a ready API server: the refusal stands and is not sent again).
+    assert stdlib.calls == 16 + 1
