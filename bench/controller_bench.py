@@ -106,10 +106,13 @@ def metrics(port: int, token: str) -> str:
         return resp.read().decode()
 
 
+STEP_COUNT = "kexec_reconcile_seconds_count"  # reconcile steps by the phase they started in
+
+
 def counter(text: str, name: str, label: str = "method") -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
-        m = re.match(rf'^{name}\{{{label}="(\w+)"\}} ([0-9.e+]+)$', line)
+        m = re.match(rf'^{name}\{{{label}="([^"]+)"\}} ([0-9.e+]+)$', line)
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
@@ -184,16 +187,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(usage[11]) + int(usage[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def phase_counts(text: str) -> dict[str, float]:
-    """Reconcile steps by the phase they started in (the step histogram's counts)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r'^kexec_reconcile_seconds_count\{phase="([^"]+)"\} ([0-9.e+]+)$', line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
-
-
 def rss_peak_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -255,7 +248,7 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
             text_before = metrics(port, token)
             before = counter(text_before, "kexec_api_requests_total")
             kinds_before = counter(text_before, "kexec_api_request_kinds_total", "kind")
-            phases_before = phase_counts(text_before)
+            phases_before = counter(text_before, STEP_COUNT, "phase")
             cpu_before = cpu_seconds(pid)
             spy = profiler(pid, Path(profile) / f"{label}.txt") if profile else None
             names = [(f"bench-burst-{i % 10}", f"{label[:3]}-{i}", f"cm-{i // 10}") for i in range(n)]
@@ -305,7 +298,7 @@ async def bench(k: Kexec, latency_n: int, burst_n: int, dry_n: int, token: str, 
                 "reconciles_per_execution": (metric_sum(text_after, "kexec_reconcile_total")
                                              - metric_sum(text_before, "kexec_reconcile_total")) / n,
                 "reconciles_by_phase": {p: round((v - phases_before.get(p, 0)) / n, 3)
-                                        for p, v in phase_counts(text_after).items()
+                                        for p, v in counter(text_after, STEP_COUNT, "phase").items()
                                         if v != phases_before.get(p, 0)},
                 # the controller's CPU from the first create to 2 s after the last end
                 "cpu_per_execution_s": cpu / n,
