@@ -61,7 +61,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -104,6 +104,9 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {body[:500]}")
         self.status = status
         self.body = body
+
+
+T = TypeVar("T")
 
 
 def transient(e: BaseException) -> bool:
@@ -961,41 +964,20 @@ class _Sim:
         kubeconfig = pod_dir / "kubeconfig"
 
         # Resolve env + credentials; like kubelet, retry config errors while the pod exists.
-        while True:
-            try:
-                env = self.base_env(pod, pod_dir)
-                container_env = await self.resolve_env(pod, c, run)
-                env.update(container_env)
-                token = await self.pod_token(pod)
-                break
-            except (LookupError, ApiError, TimeoutError, aiohttp.ClientError) as e:
-                if run.deleting or self.stopping.is_set():
-                    return
-                if transient(e):  # the API server is away: like the kubelet, try again
-                    self.log.warning("pod %s/%s: preparing the container: %r; retrying", ns, name, e)
-                    await asyncio.sleep(1)
-                    continue
-                if isinstance(e, ApiError) and e.status not in (403, 404):
-                    raise
-                self.log.warning("pod %s/%s: CreateContainerConfigError: %s", ns, name, e)
-                with contextlib.suppress(ApiError):
-                    await self.patch_status(
-                        ns,
-                        name,
-                        {
-                            "containerStatuses": [
-                                {
-                                    "name": c["name"],
-                                    "image": c.get("image", ""),
-                                    "imageID": "",
-                                    "ready": False,
-                                    "restartCount": 0,
-                                    "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}},
-                                }
-                            ]
-                        },
-                    )
-                await asyncio.sleep(2)
+        async def resolve() -> tuple[dict[str, str], dict[str, str], str | None]:
+            container_env = await self.resolve_env(pod, c, run)
+            return {**self.base_env(pod, pod_dir), **container_env}, container_env, await self.pod_token(pod)
+
+        async def report(e: Exception) -> None:
+            await self.patch_status(ns, name, {"containerStatuses": [{
+                "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}}]})
+
+        prepared = await self.prepare(run, resolve, report)
+        if prepared is None:
+            return
+        env, container_env, token = prepared
         image = self.o.images.get(image_runner.repository(c.get("image", "")))
         if image is not None:
             # A container of a known image runs from its root filesystem under bwrap, with the
@@ -1282,6 +1264,31 @@ class _Sim:
             out[vol["name"]] = path
         return out
 
+    async def prepare(self, run: _PodRun, resolve: Callable[[], Awaitable[T]],
+                      report: Callable[[Exception], Awaitable[None]] | None = None) -> T | None:
+        """What a container needs before it starts (env, token, volumes), retried like the
+        kubelet's sync loop: through an API server outage every 1 s; a config error (a missing
+        key, 403/404) reported with ``report`` and retried every 2 s while the pod exists.
+        None once the pod is being deleted or the simulator stops."""
+        ns, name = run.namespace, run.name
+        while True:
+            try:
+                return await resolve()
+            except (LookupError, ApiError, TimeoutError, aiohttp.ClientError) as e:
+                if run.deleting or self.stopping.is_set():
+                    return None
+                if transient(e):  # the API server is away: like the kubelet, try again
+                    self.log.warning("pod %s/%s: preparing the container: %r; retrying", ns, name, e)
+                    await asyncio.sleep(1)
+                    continue
+                if isinstance(e, ApiError) and e.status not in (403, 404):
+                    raise
+                self.log.warning("pod %s/%s: CreateContainerConfigError: %s", ns, name, e)
+                if report is not None:
+                    with contextlib.suppress(ApiError):
+                        await report(e)
+                await asyncio.sleep(2)
+
     async def run_service_pod(self, pod: dict[str, Any], run: _PodRun) -> None:
         """Every container of a long-running pod runs (a known image from its root filesystem
         under bwrap; another image is only reported Running), restarted when it exits
@@ -1291,23 +1298,14 @@ class _Sim:
         spec = pod["spec"]
         pod_dir = Path(tempfile.mkdtemp(prefix=f"{ns}_{name}_", dir=self.o.pods_dir))
         (self.o.log_dir / "pods").mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                token = await self.pod_token(pod)
-                volumes = await self.pod_volumes(pod, pod_dir)
-                envs = {c["name"]: await self.resolve_env(pod, c, run) for c in spec.get("containers", [])}
-                break
-            except (LookupError, ApiError, TimeoutError, aiohttp.ClientError) as e:
-                if run.deleting or self.stopping.is_set():
-                    return
-                if transient(e):  # the API server is away: like the kubelet, try again
-                    self.log.warning("pod %s/%s: preparing the container: %r; retrying", ns, name, e)
-                    await asyncio.sleep(1)
-                    continue
-                if isinstance(e, ApiError) and e.status not in (403, 404):
-                    raise
-                self.log.warning("pod %s/%s: CreateContainerConfigError: %s", ns, name, e)
-                await asyncio.sleep(2)
+        async def resolve() -> tuple[str | None, Any, dict[str, Any]]:
+            return (await self.pod_token(pod), await self.pod_volumes(pod, pod_dir),
+                    {c["name"]: await self.resolve_env(pod, c, run) for c in spec.get("containers", [])})
+
+        prepared = await self.prepare(run, resolve)
+        if prepared is None:
+            return
+        token, volumes, envs = prepared
         sa_dir = None
         if spec.get("automountServiceAccountToken") is not False:
             sa_dir = image_runner.write_service_account(
