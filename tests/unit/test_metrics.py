@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, generate_latest
 from tests.unit.world import NS, World
 
 from kexec.adapters.fakes.metrics import RecordedMetrics
 from kexec.adapters.metrics import ActiveExecutions, PrometheusMetrics, controller_gauges, phases_of
 from kexec.application.reconcile import ReconcileExecution
+from kexec.domain.phases import Phase
 from kexec.domain.policy import PolicyDecision, Violation
 
 
@@ -92,18 +95,46 @@ def test_unknown_actions_are_one_label() -> None:
     assert action_label(Execution(NS, "a", spec={"action": "drain_node"})) == "drain_node"
 
 
-async def test_one_readable_event_per_transition() -> None:
+async def test_one_readable_event_per_status_write() -> None:
     w = World()
     await w.create("scale_deployment", {"namespace": NS, "deployment": "web", "replicas": 5})
     ex = await w.drive()
     events = [(kind, reason, message) for key, kind, reason, message in w.cluster.events
               if key == ex.key]
-    assert [reason for _, reason, _ in events] == ["Validated", "JobCreated", "JobSucceeded",
-                                                   "Succeeded"]
+    # The Job succeeded and the postconditions held at once: one write, one Event.
+    assert [reason for _, reason, _ in events] == ["Validated", "JobCreated", "Succeeded"]
     assert all(kind == "Normal" and "\n" not in message for kind, _, message in events)
     assert events[0][2].startswith("New → Preparing: validated")
     assert events[1][2].startswith("Preparing → Executing: Job ex-")
-    assert events[-1][2] == "Verifying → Completed: done: the postconditions hold"
+    assert re.fullmatch(r"Executing → Completed: Job ex-\w+ succeeded; done: the "
+                        r"postconditions hold", events[-1][2])
+    assert [t.phase for t in ex.status.transitions][-2:] == [Phase.VERIFYING, Phase.COMPLETED]
+
+
+async def test_postconditions_that_take_time_write_verifying_first() -> None:
+    w = World()
+    w.cluster.auto_settle = False  # the new pods are not ready yet
+    await w.create("scale_deployment", {"namespace": NS, "deployment": "web", "replicas": 5},
+                   timeout="60s")
+    for _ in range(10):
+        if (await w.get()).phase is Phase.VERIFYING:
+            break
+        result = await w.step()
+        if (await w.get()).phase is Phase.EXECUTING:
+            await w.cluster.run_jobs()
+    ex = await w.get()
+    assert ex.phase is Phase.VERIFYING and result.requeue_after == 1.0
+    assert not all(c.passed for c in ex.status.postconditions)  # recorded in that write
+    w.cluster.auto_settle = True
+    w.cluster.add(w.cluster.obj("Deployment", NS, "web"))  # the pods become ready
+    ex = await w.drive()
+    assert ex.phase is Phase.COMPLETED
+    events = [(reason, message) for key, _, reason, message in w.cluster.events
+              if key == ex.key]
+    assert [reason for reason, _ in events] == ["Validated", "JobCreated", "JobSucceeded",
+                                                "Succeeded"]
+    assert events[2][1].startswith("Executing → Verifying: Job ex-")
+    assert events[-1][1] == "Verifying → Completed: done: the postconditions hold"
 
 
 async def test_a_denial_event_is_a_warning_that_says_why() -> None:

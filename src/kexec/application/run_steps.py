@@ -128,7 +128,7 @@ class RunSteps(StepBase):
         new = self._with_job(ex, job, now)
         if job.success:
             new.job_succeeded(now)
-            return await self._commit(ex, new)
+            return await self._verify(ex, new)
         report = job.report or {}
         reason = "DeadlineExceeded" if job.reason == "DeadlineExceeded" else (
             str(report.get("reason") or job.reason or "JobFailed"))
@@ -207,18 +207,23 @@ class RunSteps(StepBase):
                          finished=job.finished, report=redact(dict(job.report or {})), now=now)
         return new
 
-    async def _verify(self, ex: Execution) -> StepResult:
+    async def _verify(self, ex: Execution, entered: Execution | None = None) -> StepResult:
+        """Check the postconditions. ``entered``: ``ex`` just moved to Verifying (its Job
+        succeeded), not written yet — when the postconditions hold at once, Verifying and
+        Completed are one status write (two transitions, two Events)."""
         now = self.clock.now()
         _, action, params = parse_spec(ex.spec)
         identity = await self.grants.acquire(ex, action.name, action.target(params).namespace)
         snap = await read_snapshot(self.cluster, action.reads(params), identity)
-        checks = [redact_check(c) for c in action.postconditions(params, snap, ex.job_run.report)]
-        new = ex.copy()
+        new = entered or ex.copy()
+        checks = [redact_check(c) for c in action.postconditions(params, snap, new.job_run.report)]
         changed = new.checked(checks)
         if all(c.passed for c in checks):
             new.verified(now)
             return await self._commit(ex, new)
-        if now < (ex.job_run.deadline or now):
+        if now < (new.job_run.deadline or now):
+            if entered is not None:
+                return await self._commit(ex, new, requeue=1.0)
             if changed:
                 return await self._commit(ex, new, event=False, requeue=1.0)
             return StepResult(requeue_after=self.settings.requeue_poll_seconds)

@@ -242,6 +242,10 @@ def event_message(ex: Execution, saved: Execution) -> str:
     if saved.phase is Phase.COMPLETED and saved.status.validation and \
             saved.spec.get("dryRun"):
         what = "dry run passed: nothing was changed"
+    elif ex.phase is Phase.EXECUTING and saved.phase is not Phase.VERIFYING:
+        # One write through Verifying (the postconditions held at once): say both.
+        what = _EVENT_TEXT[Phase.VERIFYING].split(";")[0].format(
+            job=saved.status.job_run.job_name if saved.status.job_run else "") + "; " + what
     moved = f"{ex.phase.value if ex.phase else 'New'} → {saved.phase.value}" \
         if ex.phase is not saved.phase else saved.phase.value
     detail = " ".join(saved.status.message.split())
