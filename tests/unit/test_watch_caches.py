@@ -15,6 +15,7 @@ from tests.support.fake_apiserver import FakeApiserver, list_body
 from kexec.adapters.kubernetes.cluster import KubernetesCluster
 from kexec.adapters.kubernetes.jobs import lean_job, lean_pod
 from kexec.adapters.kubernetes.requests import ApiCall
+from kexec.adapters.kubernetes.wire import cached_execution
 from kexec.application.ports.cluster import Identity
 from kexec.entrypoints.container import build_container
 from kexec.entrypoints.controller import Controller, ControllerConfig
@@ -206,3 +207,15 @@ async def test_a_job_event_wakes_only_an_execution_that_waits_for_it() -> None:
     controller.executions.cache["ns/ex"] = {"status": {"phase": "Executing"}}
     controller._on_job("MODIFIED", job("j", "Complete"))
     assert len(controller.queue) == 1
+
+
+def test_a_deleted_execution_leaves_nothing_in_the_controllers_tables() -> None:
+    controller = Controller(ControllerConfig(), build_container(), CollectorRegistry())
+    obj = {"apiVersion": "kubernaut.io/v1alpha1", "kind": "KubernetesExecution",
+           "metadata": {"name": "ex", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                        "finalizers": []},
+           "spec": {"action": "scale_deployment"}, "status": {"phase": "Completed"}}
+    controller.written["ns/ex"] = "7"
+    controller.releasing["u1"] = "ns/ex"
+    controller._on_execution("DELETED", cached_execution(obj))
+    assert (controller.written, controller.releasing, controller.active) == ({}, {}, {})

@@ -105,8 +105,11 @@ class Controller:
             self.active[key] = ex
         if not _settled(ex):
             self.queue.add(key)
-        if type_ == "DELETED" and self.reconcile is not None:
-            self.reconcile.limits.ended(ex)
+        if type_ == "DELETED":
+            self.written.pop(key, None)
+            self.releasing.pop(ex.uid, None)
+            if self.reconcile is not None:
+                self.reconcile.limits.ended(ex)
 
     def _confirmed(self, uid: str) -> None:
         """The audit store confirmed an execution's trail: one waiting to drop its
@@ -172,6 +175,8 @@ class Controller:
         self.reconciles.labels("ok").inc()
         if result.requeue_after and (execution.terminal or execution.deleting):
             self.releasing[execution.uid] = key  # the audit outbox wakes it (_confirmed)
+        else:
+            self.releasing.pop(execution.uid, None)  # released (e.g. by its recheck)
         if result.wrote and result.resource_version:
             self.written[key] = result.resource_version
         else:
