@@ -27,6 +27,12 @@ async def settle(w: World, names: list[str], namespace: str = NS, *, rounds: int
             active = [e for e in await w.cluster.list_executions() if e.phase in HOLDS_SLOT]
             peak = max(peak, len(active))
             assert len(active) <= most, [e.name for e in active]
+            limits = w.reconcile.limits  # the running count of slots matches the table
+            recount: dict[str, int] = {}
+            for held in limits._slots.values():
+                for limit in held:
+                    recount[limit.key] = recount.get(limit.key, 0) + 1
+            assert limits._used == recount
         if i % 3 == 2:
             await w.cluster.run_jobs()
         w.clock.advance(1.0)

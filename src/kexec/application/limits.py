@@ -145,6 +145,7 @@ class Limits:
         self._source = source
         self._parsed: tuple[Mapping[str, Any] | None, LimitSettings] = (None, settings)
         self._slots: dict[str, tuple[Limit, ...]] = {}
+        self._used: dict[str, int] = {}  # limit key → slots held (the sum over _slots)
         self._namespace: dict[str, str] = {}
         # Executions waiting in a queue: uid → (creation order, key, limit keys).
         self._queued: dict[str, tuple[tuple[Any, str, str], str, frozenset[str]]] = {}
@@ -164,6 +165,23 @@ class Limits:
             except (TypeError, ValueError):
                 self._parsed = (data, self._base)  # a mistyped knob: keep the defaults
         return self._parsed[1]
+
+    def keys_of(self, ex: Execution) -> frozenset[str]:
+        """The keys of ``ex``'s limits (``limits_of``'s, without building them)."""
+        action = str(ex.spec.get("action", ""))
+        keys = {f"namespace/{ex.namespace}"}
+        if action in self.settings.per_action:
+            keys.add(f"action/{action}")
+        if takes_node(action):
+            keys.add("nodes")
+        return frozenset(keys)
+
+    def _hold_slots(self, ex: Execution, limits: tuple[Limit, ...]) -> None:
+        self.release(ex)
+        self._slots[ex.uid] = limits
+        self._namespace[ex.uid] = ex.namespace
+        for limit in limits:
+            self._used[limit.key] = self._used.get(limit.key, 0) + 1
 
     def limits_of(self, ex: Execution, schedulable_nodes: int) -> tuple[Limit, ...]:
         s = self.settings
@@ -186,13 +204,13 @@ class Limits:
     def rebuild(self, executions: Iterable[Execution]) -> None:
         """A new term: the slots are exactly those of the executions past validation."""
         self._slots.clear()
+        self._used.clear()
         self._namespace.clear()
         self._queued.clear()
         self._blocked_by.clear()
         for ex in executions:
             if ex.phase in HOLDS_SLOT and not ex.deleting:
-                self._slots[ex.uid] = self.limits_of(ex, 0)
-                self._namespace[ex.uid] = ex.namespace
+                self._hold_slots(ex, self.limits_of(ex, 0))
         self.ready = True
 
     def holds(self, ex: Execution) -> bool:
@@ -207,12 +225,13 @@ class Limits:
         wanted = self.limits_of(ex, schedulable_nodes)
         others = [o for o in others if o.uid != ex.uid]
         mine = _order(ex)
+        # Those ahead in the queues: waiting, older, not held for another reason.
+        waiting = [self.keys_of(o) for o in others
+                   if _waiting(o) and o.uid not in self._slots and _order(o) < mine
+                   and o.status.reason not in NOT_NEXT]
         for limit in wanted:
-            used = sum(1 for held in self._slots.values() if any(h.key == limit.key for h in held))
-            ahead = sum(1 for o in others
-                        if _waiting(o) and o.uid not in self._slots and _order(o) < mine
-                        and o.status.reason not in NOT_NEXT
-                        and any(lim.key == limit.key for lim in self.limits_of(o, 0)))
+            used = self._used.get(limit.key, 0)
+            ahead = sum(1 for keys in waiting if limit.key in keys)
             if used + ahead >= limit.maximum:
                 self._queued[ex.uid] = (mine, ex.key, frozenset(w.key for w in wanted))
                 self._blocked_by[ex.uid] = limit.key.split("/", 1)[0]
@@ -221,8 +240,7 @@ class Limits:
         self._queued.pop(ex.uid, None)
         self._blocked_by.pop(ex.uid, None)
         if reserve:
-            self._slots[ex.uid] = wanted
-            self._namespace[ex.uid] = ex.namespace
+            self._hold_slots(ex, wanted)
         return None
 
     def wait(self, ex: Execution, key: str) -> None:
@@ -234,7 +252,13 @@ class Limits:
     def release(self, ex: Execution) -> bool:
         """Give the slots back (idempotent); True when some were held."""
         self._namespace.pop(ex.uid, None)
-        return self._slots.pop(ex.uid, None) is not None
+        held = self._slots.pop(ex.uid, None)
+        for limit in held or ():
+            if (left := self._used[limit.key] - 1) > 0:
+                self._used[limit.key] = left
+            else:
+                del self._used[limit.key]
+        return held is not None
 
     def ended(self, ex: Execution) -> None:
         """``ex`` ended or went away: free its slots (or its place in a queue) and wake
