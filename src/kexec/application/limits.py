@@ -131,9 +131,11 @@ def _order(ex: Execution) -> tuple[Any, str, str]:
     return (ex.created, ex.name, ex.uid)
 
 
+_WAITING = frozenset({None, Phase.PENDING, Phase.VALIDATING})  # none of them terminal
+
+
 def _waiting(ex: Execution) -> bool:
-    return (not ex.terminal and not ex.deleting
-            and ex.phase in (None, Phase.PENDING, Phase.VALIDATING))
+    return ex.status.phase in _WAITING and not ex.deleting
 
 
 class Limits:
@@ -166,11 +168,11 @@ class Limits:
                 self._parsed = (data, self._base)  # a mistyped knob: keep the defaults
         return self._parsed[1]
 
-    def keys_of(self, ex: Execution) -> frozenset[str]:
+    def keys_of(self, ex: Execution, settings: LimitSettings | None = None) -> frozenset[str]:
         """The keys of ``ex``'s limits (``limits_of``'s, without building them)."""
         action = str(ex.spec.get("action", ""))
         keys = {f"namespace/{ex.namespace}"}
-        if action in self.settings.per_action:
+        if action in (settings or self.settings).per_action:
             keys.add(f"action/{action}")
         if takes_node(action):
             keys.add("nodes")
@@ -223,11 +225,12 @@ class Limits:
         if ex.uid in self._slots:
             return None
         wanted = self.limits_of(ex, schedulable_nodes)
-        others = [o for o in others if o.uid != ex.uid]
         mine = _order(ex)
-        # Those ahead in the queues: waiting, older, not held for another reason.
-        waiting = [self.keys_of(o) for o in others
-                   if _waiting(o) and o.uid not in self._slots and _order(o) < mine
+        # Those ahead in the queues: older (so never ``ex`` itself: its order ends with its
+        # uid), waiting, not held for another reason.
+        settings = self.settings
+        waiting = [self.keys_of(o, settings) for o in others
+                   if _order(o) < mine and _waiting(o) and o.uid not in self._slots
                    and o.status.reason not in NOT_NEXT]
         for limit in wanted:
             used = self._used.get(limit.key, 0)

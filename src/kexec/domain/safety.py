@@ -119,10 +119,10 @@ def holder_of(execution: Execution, others: Iterable[Execution]) -> Execution | 
     ahead = [
         other
         for other in others
-        if other.uid != execution.uid
+        if target_of(other) == target  # the selective test first
+        and other.uid != execution.uid
         and not other.terminal
         and not other.deleting
-        and target_of(other) == target
         and (other.phase in HOLDS_TARGET
              or (not holding and (other.created, other.name, other.uid) < mine))
     ]
