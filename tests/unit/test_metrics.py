@@ -10,6 +10,7 @@ from tests.unit.world import NS, World
 from kexec.adapters.fakes.metrics import RecordedMetrics
 from kexec.adapters.metrics import ActiveExecutions, PrometheusMetrics, controller_gauges, phases_of
 from kexec.application.reconcile import ReconcileExecution
+from kexec.application.run_steps import job_name
 from kexec.domain.phases import Phase
 from kexec.domain.policy import PolicyDecision, Violation
 
@@ -109,6 +110,17 @@ async def test_one_readable_event_per_status_write() -> None:
     assert re.fullmatch(r"Executing → Completed: Job ex-\w+ succeeded; done: the "
                         r"postconditions hold", events[-1][2])
     assert [t.phase for t in ex.status.transitions][-2:] == [Phase.VERIFYING, Phase.COMPLETED]
+
+
+async def test_a_failed_jobs_event_says_it_failed() -> None:
+    w = World()
+    ex = await w.create("scale_deployment", {"namespace": NS, "deployment": "web", "replicas": 5},
+                        maxRetries=0)
+    w.cluster.job_outcomes[job_name(ex)] = [1]
+    ex = await w.drive()
+    (kind, message), = [(k, m) for key, k, _, m in w.cluster.events if key == ex.key][-1:]
+    assert (ex.phase, kind) == (Phase.FAILED, "Warning")
+    assert message.startswith("Executing → Failed: failed") and "succeeded" not in message
 
 
 async def test_postconditions_that_take_time_write_verifying_first() -> None:

@@ -217,6 +217,7 @@ def log_fields(ex: Execution) -> dict[str, Any]:
 
 
 # What a human reads in `kubectl describe`, by the phase entered.
+_JOB_SUCCEEDED = "Job {job} succeeded"
 _EVENT_TEXT = {
     Phase.PENDING: "waiting",
     Phase.VALIDATING: "validating",
@@ -225,7 +226,7 @@ _EVENT_TEXT = {
     Phase.PREPARING: "validated (policy allowed, dry run passed); preparing the action's "
                      "identity and Job",
     Phase.EXECUTING: "Job {job} started",
-    Phase.VERIFYING: "Job {job} succeeded; checking the postconditions",
+    Phase.VERIFYING: _JOB_SUCCEEDED + "; checking the postconditions",
     Phase.COMPLETED: "done: the postconditions hold",
     Phase.FAILED: "failed",
     Phase.ROLLBACK_READY: "postconditions failed; a rollback is ready (kexec rollback {name})",
@@ -236,16 +237,16 @@ def event_message(ex: Execution, saved: Execution) -> str:
     """One line: what happened (phase change or not) and why, e.g.
     ``Validating → Failed: denied by no_production_drain: ...``."""
     assert saved.phase is not None
-    what = _EVENT_TEXT.get(saved.phase, saved.phase.value).format(
-        job=saved.status.job_run.job_name if saved.status.job_run else "",
-        name=saved.name)
+    job = saved.status.job_run.job_name if saved.status.job_run else ""
+    what = _EVENT_TEXT.get(saved.phase, saved.phase.value).format(job=job, name=saved.name)
     if saved.phase is Phase.COMPLETED and saved.status.validation and \
             saved.spec.get("dryRun"):
         what = "dry run passed: nothing was changed"
-    elif ex.phase is Phase.EXECUTING and saved.phase is not Phase.VERIFYING:
-        # One write through Verifying (the postconditions held at once): say both.
-        what = _EVENT_TEXT[Phase.VERIFYING].split(";")[0].format(
-            job=saved.status.job_run.job_name if saved.status.job_run else "") + "; " + what
+    elif saved.phase is not Phase.VERIFYING and any(
+            t.phase is Phase.VERIFYING for t in saved.status.transitions
+            if t.seq >= ex.status.next_seq):
+        # One write through Verifying (the postconditions checked at once): say both.
+        what = f"{_JOB_SUCCEEDED.format(job=job)}; {what}"
     moved = f"{ex.phase.value if ex.phase else 'New'} → {saved.phase.value}" \
         if ex.phase is not saved.phase else saved.phase.value
     detail = " ".join(saved.status.message.split())
