@@ -168,15 +168,14 @@ class Limits:
                 self._parsed = (data, self._base)  # a mistyped knob: keep the defaults
         return self._parsed[1]
 
-    def keys_of(self, ex: Execution, settings: LimitSettings | None = None) -> frozenset[str]:
-        """The keys of ``ex``'s limits (``limits_of``'s, without building them)."""
+    def keys_of(self, ex: Execution, settings: LimitSettings | None = None) -> tuple[str, ...]:
+        """The keys of ``ex``'s limits, in the order they are checked: its namespace, its
+        action (when that has a limit), the nodes (an action that takes one out of service)."""
         action = str(ex.spec.get("action", ""))
-        keys = {f"namespace/{ex.namespace}"}
-        if action in (settings or self.settings).per_action:
-            keys.add(f"action/{action}")
-        if takes_node(action):
-            keys.add("nodes")
-        return frozenset(keys)
+        return ((f"namespace/{ex.namespace}",)
+                + ((f"action/{action}",) if action in (settings or self.settings).per_action
+                   else ())
+                + (("nodes",) if takes_node(action) else ()))
 
     def _hold_slots(self, ex: Execution, limits: tuple[Limit, ...]) -> None:
         self.release(ex)
@@ -188,18 +187,20 @@ class Limits:
     def limits_of(self, ex: Execution, schedulable_nodes: int) -> tuple[Limit, ...]:
         s = self.settings
         action = str(ex.spec.get("action", ""))
-        out = [Limit(f"namespace/{ex.namespace}", s.per_namespace,
-                     f"active executions in namespace {ex.namespace}")]
-        if action in s.per_action:
-            out.append(Limit(f"action/{action}", s.per_action[action],
-                             f"active {action} executions"))
-        if takes_node(action):
-            by_fraction = max(1, int(schedulable_nodes * s.node_loss_fraction))
-            most = min(s.nodes_at_once, by_fraction)
-            why = ("nodes cordoned or draining at once" if most == s.nodes_at_once else
-                   f"nodes out of service at once ({s.node_loss_fraction:.0%} of "
-                   f"{schedulable_nodes} schedulable)")
-            out.append(Limit("nodes", most, why))
+        out = []
+        for key in self.keys_of(ex, s):
+            if key == "nodes":
+                by_fraction = max(1, int(schedulable_nodes * s.node_loss_fraction))
+                most = min(s.nodes_at_once, by_fraction)
+                why = ("nodes cordoned or draining at once" if most == s.nodes_at_once else
+                       f"nodes out of service at once ({s.node_loss_fraction:.0%} of "
+                       f"{schedulable_nodes} schedulable)")
+                out.append(Limit(key, most, why))
+            elif key.startswith("action/"):
+                out.append(Limit(key, s.per_action[action], f"active {action} executions"))
+            else:
+                out.append(Limit(key, s.per_namespace,
+                                 f"active executions in namespace {ex.namespace}"))
         return tuple(out)
 
     # --- the table --------------------------------------------------------------------
@@ -290,7 +291,7 @@ class Limits:
     def behind(self, freed: Execution, most: int = 10) -> list[str]:
         """The keys of the queued executions a slot freed by ``freed`` may let go on, head
         first (a few: the others keep their place until those ahead have moved)."""
-        keys = {lim.key for lim in self.limits_of(freed, 0)}
+        keys = set(self.keys_of(freed))
         keys.add(f"brake/{freed.spec.get('action', '')}")
         queued = sorted((order, key) for uid, (order, key, wanted) in self._queued.items()
                         if uid != freed.uid and keys & wanted)
